@@ -1,0 +1,312 @@
+"""Typed configuration loaded from YAML.
+
+Every script reads one YAML file into these dataclasses. Unknown keys and wrong types are errors
+that name the key and the file, so a typo never silently falls back to a default. Dotted
+overrides (``--set train.learning_rate=1e-4``) are applied to the YAML tree before validation,
+so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not match the schema."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSettings:
+    """Which base checkpoints to wire together and how the image enters the prompt."""
+
+    vision_model: str = "google/siglip-so400m-patch14-384"
+    # "siglip": transformers' SiglipVisionModel; "timm": any timm ViT (not exportable to LLaVA).
+    vision_backend: Literal["siglip", "timm"] = "siglip"
+    # Index into the tower's hidden states (-1: last encoder layer, before post-layernorm).
+    vision_feature_layer: int = -1
+    # "drop_first" drops the first patch feature (the seed's 729 -> 728 layout), "full" keeps all.
+    vision_feature_select: Literal["drop_first", "full"] = "drop_first"
+    # timm only: input resolution when the timm model name does not fix it.
+    image_size: int | None = None
+    language_model: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    # Defaults to language_model.
+    tokenizer: str | None = None
+    image_token: str = "<|extra_0|>"
+    projector_init_std: float = 0.01
+    # Weights dtype for the frozen parts; trainable parts follow train.bf16.
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # System message for every conversation; null lets the chat template pick its default.
+    system_prompt: str | None = None
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # Module names inside the language model only; the vision tower is never adapted.
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class SourceSettings:
+    """One raw data source merged by process_image.py."""
+
+    type: Literal["ai_challenger", "llava", "swift_jsonl"]
+    annotations: str
+    image_dir: str = ""
+    name: str | None = None
+
+
+@dataclass
+class DataSettings:
+    sources: list[SourceSettings] = field(default_factory=list)
+    # Where process_image.py writes images.json and qa.json.
+    output_dir: str = "data/merged"
+    seed: int = 42
+    # What process_image.py does with a bad record: skip it (counted) or stop with an error.
+    on_error: Literal["skip", "stop"] = "skip"
+    check_images: bool = True
+    # AI Challenger: one of these is chosen with probability 1/2 each.
+    question_templates: list[str] = field(
+        default_factory=lambda: ["<|extra_0|>\n这张图片描述了什么？", "<|extra_0|>\n请用一句话描述这张图片。"]
+    )
+    # Training data: a merged qa.json (images.json is read from the same directory).
+    train_file: str = "data/merged/qa.json"
+    # Held-out data for eval loss / evaluate.py; null disables evaluation during training.
+    eval_file: str | None = None
+    max_length: int = 2048
+    group_by_length: bool = True
+    num_workers: int = 2
+
+
+@dataclass
+class TrainSettings:
+    # "pretrain": projector only. "sft": projector + LoRA (or the full LM, see finetune).
+    stage: Literal["pretrain", "sft"] = "sft"
+    finetune: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    # Train the vision tower too (off for pretrained towers; the tiny demo tower may learn).
+    train_vision_tower: bool = False
+    output_dir: str = "checkpoints/run"
+    learning_rate: float = 2e-4
+    # null: same as learning_rate.
+    projector_learning_rate: float | None = 1e-3
+    vision_learning_rate: float | None = None
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = 0.03
+    num_epochs: float = 1.0
+    # > 0 overrides num_epochs.
+    max_steps: int = -1
+    # Stop after this many seconds of training (null: no limit); a checkpoint is written then.
+    max_time_seconds: float | None = None
+    per_device_batch_size: int = 8
+    eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    bf16: bool = True
+    activation_checkpointing: bool = True
+    # Path to a DeepSpeed JSON config (configs/zero2.json, zero3.json, zero3_offload.json) or null.
+    deepspeed: str | None = None
+    report_to: list[str] = field(default_factory=lambda: ["wandb"])
+    run_name: str | None = None
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = 3
+    eval_steps: int = 500
+    seed: int = 42
+    # "auto": continue from the newest complete checkpoint-N in output_dir; "never"; or a path.
+    resume: str = "auto"
+    # Run on CPU even when a GPU is present (the offline demo and tests).
+    use_cpu: bool = False
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    batch_size: int = 8
+    # Batch pre-annotation flags answers whose mean token log-probability is below this.
+    review_threshold: float = -0.5
+
+
+@dataclass
+class Config:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and build dataclasses from mappings."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not {_type_name(tp)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept it, it is unambiguous.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'top level'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s} (known keys{' in ' + where if where else ''}: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required key is missing")
+    return cls(**kwargs)
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (or only defaults when None), apply ``overrides``, validate everything."""
+    tree: dict = {}
+    source = str(path) if path is not None else "<defaults>"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for override in overrides or []:
+        try:
+            _apply_override(tree, override)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    try:
+        return _build(Config, tree, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def config_to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = "config.yaml") -> None:
+    parser.add_argument("--config", default=default, help="YAML configuration file (default: %(default)s)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set train.learning_rate=1e-4 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Load the config named on the command line; a bad config exits with status 2 and one line."""
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def fail(message: str) -> typing.NoReturn:
+    """Exit a command-line script with status 2 and one clear line on stderr, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
