@@ -1,0 +1,347 @@
+"""The composite VQA model: frozen vision tower -> projector -> Qwen causal LM.
+
+A ``PreTrainedModel`` so that the transformers Trainer, activation checkpointing, DeepSpeed and
+``save_pretrained`` work without workarounds. The base tower and LM are loaded from their own
+checkpoints (hub names or paths); a checkpoint of this model stores only the weights training
+changed (see ``trained_key``) in ``model.safetensors`` next to ``config.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from model.configuration import VQAConfig
+from model.projector import Projector
+from qwen.prompt import IGNORE_INDEX
+from qwen.splice import splice_image_features
+from qwen.tokenizer import image_token_id as lookup_image_token_id
+from qwen.tokenizer import load_tokenizer
+from visual.tower import VisionTower, build_vision_tower
+
+WEIGHTS_NAME = "model.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class VQAModel(PreTrainedModel):
+    config_class = VQAConfig
+    base_model_prefix = "vqa"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def __init__(self, config: VQAConfig, vision_tower: VisionTower, language_model: nn.Module) -> None:
+        super().__init__(config)
+        self.vision_tower = vision_tower
+        self.multi_modal_projector = Projector(
+            vision_tower.hidden_size, config.text_hidden_size, config.projector_init_std, config.projector_hidden_act
+        )
+        self.language_model = language_model
+        self.post_init()
+
+    # -- construction ----------------------------------------------------------------------
+
+    def init_weights(self) -> None:
+        """Only the projector is new; the tower and LM arrive with their pretrained weights and
+        must not be re-initialised by the generic PreTrainedModel machinery."""
+        self.multi_modal_projector.reset_parameters()
+
+    @classmethod
+    def from_bases(
+        cls,
+        *,
+        vision_model: str,
+        language_model: str,
+        vision_backend: str = "siglip",
+        vision_feature_layer: int = -1,
+        vision_feature_select: str = "drop_first",
+        image_size: int | None = None,
+        tokenizer: str | None = None,
+        image_token: str = "<|extra_0|>",
+        projector_init_std: float = 0.01,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        system_prompt: str | None = None,
+        train_vision_tower: bool = False,
+    ) -> "VQAModel":
+        """Wire a fresh model from base checkpoints (projector randomly initialised)."""
+        config = VQAConfig(
+            vision_model=vision_model,
+            vision_backend=vision_backend,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select=vision_feature_select,
+            image_size=image_size,
+            language_model=language_model,
+            tokenizer=tokenizer,
+            image_token=image_token,
+            projector_init_std=projector_init_std,
+            base_dtype=dtype,
+            attn_implementation_name=attn_implementation,
+            system_prompt=system_prompt,
+            train_vision_tower=train_vision_tower,
+        )
+        return cls._build(config)
+
+    @classmethod
+    def _build(cls, config: VQAConfig) -> "VQAModel":
+        dtype = DTYPES[config.base_dtype]
+        tower = build_vision_tower(
+            config.vision_backend, config.vision_model, config.vision_feature_layer,
+            config.vision_feature_select, trainable=config.train_vision_tower, dtype=dtype,
+            image_size=config.image_size,
+        )
+        lm = AutoModelForCausalLM.from_pretrained(
+            config.language_model, dtype=dtype, attn_implementation=config.attn_implementation_name
+        )
+        tokenizer = load_tokenizer(config.tokenizer or config.language_model, config.image_token)
+        token_id = lookup_image_token_id(tokenizer, config.image_token)
+        if token_id >= lm.get_input_embeddings().num_embeddings:
+            # The placeholder's id lies past the embedding table (not the case for Qwen's padded
+            # 151,936 rows); grow it. The new row is never read: the splice overwrites it.
+            lm.resize_token_embeddings(len(tokenizer))
+        config.image_token_id = token_id
+        config.num_image_tokens = tower.num_image_tokens
+        config.vision_hidden_size = tower.hidden_size
+        config.text_hidden_size = lm.config.hidden_size
+        config.text_vocab_size = lm.get_input_embeddings().num_embeddings
+        lm.requires_grad_(False)
+        model = cls(config, tower, lm)
+        if config.lora:
+            model._wrap_lora(config.lora)
+        model.set_trainable()
+        return model
+
+    def _wrap_lora(self, lora: dict) -> None:
+        """LoRA on the language model only: the adapter is built on ``self.language_model``, so
+        module names like ``q_proj`` can never match the vision tower's attention."""
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(
+            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+            target_modules=list(lora["target_modules"]), bias="none",
+        )
+        self.language_model = get_peft_model(self.language_model, cfg)
+
+    def configure_training(self, finetune: str, lora: dict | None = None) -> None:
+        """Choose what trains: ``projector``, ``lora`` (projector + adapter) or ``full``."""
+        if finetune not in ("projector", "lora", "full"):
+            raise ValueError(f"finetune must be projector, lora or full, got {finetune!r}")
+        if finetune == "lora":
+            if lora is None:
+                raise ValueError("finetune=lora needs LoRA settings")
+            if self.config.lora is None:
+                self._wrap_lora(lora)
+            self.config.lora = dict(lora)
+        elif self.config.lora is not None:
+            raise ValueError("this model already carries a LoRA adapter; cannot switch to " + finetune)
+        self.config.finetune = finetune
+        self.set_trainable()
+
+    def set_trainable(self) -> None:
+        finetune = self.config.finetune
+        self.requires_grad_(False)
+        self.multi_modal_projector.requires_grad_(True)
+        if finetune == "full":
+            self.language_model.requires_grad_(True)
+        elif finetune == "lora":
+            for name, param in self.language_model.named_parameters():
+                if "lora_" in name:
+                    param.requires_grad_(True)
+        self.vision_tower.trainable = bool(self.config.train_vision_tower)
+        self.vision_tower.requires_grad_(self.vision_tower.trainable)
+        self.vision_tower.train(self.training)
+
+    # -- submodules ------------------------------------------------------------------------
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The Qwen ``*ForCausalLM`` (inside the PEFT wrapper when LoRA is on)."""
+        lm = self.language_model
+        return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.causal_lm.model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.causal_lm.lm_head
+
+    @property
+    def text_config(self):
+        return self.causal_lm.config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.causal_lm.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[num_images, num_image_tokens, text_hidden]`` projected features."""
+        return self.multi_modal_projector(self.vision_tower(pixel_values))
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            return splice_image_features(embeds, input_ids, self.config.image_token_id, self.image_features(pixel_values))
+        if bool((input_ids == self.config.image_token_id).any()):
+            raise ValueError("the input holds image tokens but no pixel_values were given")
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """With ``labels``, ``logits`` holds only the supervised positions (``[n_supervised, vocab]``,
+        in row-major order): the vocabulary projection is the most expensive op of a small model
+        and a VQA answer is a handful of tokens in a sequence of hundreds. Without labels,
+        ``logits`` is ``[batch, seq, vocab]`` for the last ``logits_to_keep`` positions (0: all)."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, pixel_values)
+        outputs = self.decoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        hidden = outputs.last_hidden_state
+        loss = None
+        if labels is not None:
+            loss, logits = self.supervised_loss(hidden, labels, num_items_in_batch)
+        else:
+            keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+            logits = self.lm_head(hidden[:, keep])
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+    def supervised_loss(self, hidden: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None):
+        """Next-token cross-entropy computed from the supervised positions' logits only.
+
+        Summed and divided by ``num_items_in_batch`` when the Trainer passes it (the number of
+        supervised tokens over all gradient-accumulation micro-batches, so accumulation matches
+        one large batch), else averaged over this batch's supervised tokens.
+        """
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[:, :-1][mask])
+        total = F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+        if num_items_in_batch is None:
+            num_items_in_batch = mask.sum()
+        if isinstance(num_items_in_batch, torch.Tensor):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        denominator = num_items_in_batch if bool(num_items_in_batch > 0) else 1
+        return total / denominator, logits
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def trained_key(self, key: str) -> bool:
+        """Whether a state-dict key belongs to what this model's training changes."""
+        if key.startswith("multi_modal_projector."):
+            return True
+        if key.startswith("vision_tower.") and self.config.train_vision_tower:
+            return True
+        if key.startswith("language_model."):
+            if self.config.finetune == "full":
+                return True
+            if self.config.finetune == "lora":
+                return "lora_" in key
+        return False
+
+    def save_pretrained(self, save_directory, state_dict=None, is_main_process: bool = True, **kwargs) -> None:
+        """Write config.json + model.safetensors holding only the trained weights.
+
+        Accepts the Trainer's gathered ``state_dict`` (DeepSpeed ZeRO-3 passes one). Tied weights
+        (Qwen's lm_head = embed_tokens) are stored once; loading re-ties them.
+        """
+        if not is_main_process:
+            return
+        os.makedirs(save_directory, exist_ok=True)
+        if state_dict is None:
+            state_dict = self.state_dict()
+        tensors, seen = {}, set()
+        for key, value in state_dict.items():
+            if not self.trained_key(key):
+                continue
+            ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape)) if value.device.type != "meta" else None
+            if ptr is not None and ptr in seen:
+                continue
+            seen.add(ptr)
+            tensors[key] = value.detach().to("cpu").contiguous()
+        save_file(tensors, os.path.join(save_directory, WEIGHTS_NAME), metadata={"format": "pt"})
+        self.config.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | os.PathLike,
+        *,
+        vision_model: str | None = None,
+        language_model: str | None = None,
+        dtype: str | None = None,
+        **_: object,
+    ) -> "VQAModel":
+        """Load a checkpoint written by ``save_pretrained``: rebuild from the referenced bases,
+        then load the trained weights. ``vision_model``/``language_model`` override the base
+        references (e.g. when the bases live at another path on this machine)."""
+        path = Path(checkpoint)
+        if not (path / "config.json").is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path}: not a model checkpoint (needs config.json and {WEIGHTS_NAME})")
+        config = VQAConfig.from_pretrained(path)
+        if config.model_type != VQAConfig.model_type:
+            raise ValueError(f"{path}: config.json is a {config.model_type!r} model, not {VQAConfig.model_type!r}")
+        if vision_model:
+            config.vision_model = vision_model
+        if language_model:
+            config.language_model = language_model
+        if dtype:
+            config.base_dtype = dtype
+        if config.tokenizer is None and (path / "tokenizer_config.json").is_file():
+            config.tokenizer = str(path)
+        model = cls._build(config)
+        model.load_trained_weights(path / WEIGHTS_NAME)
+        return model
+
+    def load_trained_weights(self, weights_file: str | os.PathLike) -> None:
+        state = load_file(str(weights_file))
+        own = self.state_dict()
+        unexpected = [k for k in state if k not in own]
+        if unexpected:
+            raise ValueError(f"{weights_file}: weights that this model does not have: {unexpected[:5]}")
+        expected = {k for k in own if self.trained_key(k)}
+        missing = sorted(expected - set(state) - self._tied_duplicates(own))
+        if missing:
+            raise ValueError(f"{weights_file}: incomplete checkpoint, missing {len(missing)} weights: {missing[:5]}")
+        with torch.no_grad():
+            for key, value in state.items():
+                own[key].copy_(value)
+
+    @staticmethod
+    def _tied_duplicates(state: dict) -> set[str]:
+        seen, dupes = set(), set()
+        for key, value in state.items():
+            ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+            if ptr in seen:
+                dupes.add(key)
+            seen.add(ptr)
+        return dupes

@@ -1,0 +1,45 @@
+"""Load a Qwen tokenizer and make sure the image placeholder is one special token."""
+
+from __future__ import annotations
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+DEFAULT_IMAGE_TOKEN = "<|extra_0|>"
+
+
+def load_tokenizer(name_or_path: str, image_token: str = DEFAULT_IMAGE_TOKEN) -> PreTrainedTokenizerBase:
+    """Load the tokenizer and add ``image_token`` as a special token when it is missing.
+
+    Qwen2/2.5/3 tokenizers do not ship ``<|extra_0|>`` (Qwen-1 did); added, it gets the next free
+    id (151665 for Qwen2.5), which lies inside the padded 151,936-row embedding of every Qwen
+    checkpoint, so the language model usually needs no resize (see ``ensure_embedding_rows``).
+    Left padding is set because generation is batched with left padding.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    elif image_token not in tokenizer.all_special_tokens:
+        # Present but as a plain added token: make it special so user text can never contain it.
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def image_token_id(tokenizer: PreTrainedTokenizerBase, image_token: str = DEFAULT_IMAGE_TOKEN) -> int:
+    ids = tokenizer.convert_tokens_to_ids([image_token])
+    if not ids or ids[0] is None or ids[0] == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer has no {image_token!r} token; load it with qwen.load_tokenizer")
+    return ids[0]
+
+
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end an assistant turn (ChatML's <|im_end|>, and <|endoftext|>)."""
+    ids = []
+    for tok in ("<|im_end|>", "<|endoftext|>", tokenizer.eos_token):
+        if tok and tok in tokenizer.get_vocab():
+            tid = tokenizer.convert_tokens_to_ids(tok)
+            if tid not in ids:
+                ids.append(tid)
+    return ids

@@ -1,0 +1,51 @@
+"""Shared fixtures: the offline tiny checkpoints (built once, deterministically) and models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing here may reach the model hub: fail fast instead of retrying a network that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny() -> dict[str, Path]:
+    """Paths of the tiny checkpoints (tokenizer, tiny-siglip, tiny-qwen2, tiny-qwen3, tiny-timm-vit)."""
+    from tools.build_tiny_checkpoints import build_all
+
+    return build_all()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny):
+    from qwen import load_tokenizer
+
+    return load_tokenizer(str(tiny["tiny-qwen2"]))
+
+
+def make_model(tiny, language="tiny-qwen2", select="drop_first", lora=None, finetune=None, **kwargs):
+    import torch
+
+    from model import VQAModel
+
+    torch.manual_seed(0)
+    model = VQAModel.from_bases(
+        vision_model=str(tiny["tiny-siglip"]), language_model=str(tiny[language]),
+        vision_feature_select=select, **kwargs,
+    )
+    if finetune:
+        model.configure_training(finetune, lora)
+    return model
+
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}

@@ -1,0 +1,80 @@
+"""Image loading and preprocessing, numerically identical to transformers' SiglipImageProcessor.
+
+SigLIP's processor resizes straight to the tower's square size (no crop, no aspect-ratio
+padding) with antialiased bicubic interpolation on uint8 pixels, then rescales by 1/255 and
+normalises. We do the same torchvision operations on one image at a time, without the
+processor's per-call argument validation and batching machinery, which dominates its cost for
+the small images of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as tvF
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB the way the SigLIP processor does.
+
+    Transparent pixels (RGBA, LA, PA, P with a transparency entry) are composited onto white;
+    16/32-bit greyscale is scaled down to 8 bits (PIL's own convert would clip it to white);
+    CMYK, L, 1, P and the rest use PIL's conversion.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if image.mode == "F":
+            top = max(float(arr.max()), 1.0)
+        arr = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(source: str | Path | Image.Image) -> Image.Image:
+    """Open an image file (or take a PIL image), apply its EXIF orientation and convert to RGB.
+
+    Raises ``ValueError`` with the path for anything that is not a readable image.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            image = Image.open(source)
+            image.load()
+        except FileNotFoundError:
+            raise ValueError(f"{source}: no such image file") from None
+        except (OSError, Image.DecompressionBombError, SyntaxError) as exc:
+            raise ValueError(f"{source}: not a readable image ({exc})") from None
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """Resize to ``size`` x ``size`` (antialiased bicubic), rescale to [0, 1], normalise."""
+
+    size: int
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __call__(self, image: str | Path | Image.Image) -> torch.Tensor:
+        pixels = tvF.pil_to_tensor(load_image(image))  # uint8 [3, H, W]
+        if pixels.shape[-2:] != (self.size, self.size):
+            pixels = tvF.resize(
+                pixels, [self.size, self.size], interpolation=InterpolationMode.BICUBIC, antialias=True
+            )
+        mean = torch.tensor(self.image_mean).view(3, 1, 1) * 255.0
+        std = torch.tensor(self.image_std).view(3, 1, 1) * 255.0
+        return (pixels.to(torch.float32) - mean) / std
