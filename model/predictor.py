@@ -1,0 +1,133 @@
+"""Asking questions about images: tokenizer + preprocessing + model + generation in one object.
+
+Shared by ``infer.py``, ``evaluate.py`` and ``gui.py`` so that every entry point builds prompts
+and pixels exactly the way training did.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from model.generation import GenerationResult, SamplingSettings, generate, stream_generate
+from model.modeling import WEIGHTS_NAME, VQAModel
+from qwen import PromptRenderer, load_tokenizer, question_messages
+from qwen.tokenizer import end_of_turn_ids
+
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory whose newest complete ``checkpoint-N`` (or a
+    final top-level save) is used. Raises ``FileNotFoundError`` with the reason otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    if is_complete_checkpoint(path):
+        return path
+    candidates = sorted(
+        (int(m.group(1)), p) for p in path.iterdir() if (m := _CHECKPOINT_DIR.match(p.name)) and is_complete_checkpoint(p)
+    )
+    if candidates:
+        return candidates[-1][1]
+    raise FileNotFoundError(
+        f"{path}: not a checkpoint (no config.json + {WEIGHTS_NAME}) and holds no complete checkpoint-N directory"
+    )
+
+
+@dataclass
+class Answer:
+    text: str
+    token_ids: list[int]
+    # Mean log-probability of the generated tokens: a cheap confidence for review queues.
+    mean_logprob: float
+
+
+class Predictor:
+    def __init__(self, model: VQAModel, tokenizer, system_prompt: str | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt if system_prompt is not None else model.config.system_prompt
+        self.renderer = PromptRenderer(tokenizer, model.config.num_image_tokens, model.config.image_token)
+        self.preprocess = model.vision_tower.preprocessor
+        self.eos_token_ids = end_of_turn_ids(tokenizer)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, dtype: str | None = None, device: str | None = None) -> "Predictor":
+        checkpoint = resolve_checkpoint(path)
+        model = VQAModel.from_pretrained(checkpoint, dtype=dtype)
+        if device:
+            model.to(device)
+        tokenizer_src = checkpoint if (checkpoint / "tokenizer_config.json").is_file() else (
+            model.config.tokenizer or model.config.language_model
+        )
+        return cls(model, load_tokenizer(str(tokenizer_src), model.config.image_token))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.multi_modal_projector.linear_1.weight.device
+
+    def prompt_ids(self, question: str) -> list[int]:
+        return self.renderer.render(question_messages(question, self.system_prompt), add_generation_prompt=True).input_ids
+
+    def prepare(self, images: list[str | Path | Image.Image], questions: list[str]):
+        """Left-padded ``input_ids``/``attention_mask`` and stacked ``pixel_values``."""
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        rows = [self.prompt_ids(q) for q in questions]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        pixels = torch.stack([self.preprocess(image) for image in images])
+        return ids.to(self.device), mask.to(self.device), pixels.to(self.device)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
+    def answer(self, images, questions, settings: SamplingSettings | None = None) -> list[Answer]:
+        """Answer a batch of (image, question) pairs with one batched generation."""
+        ids, mask, pixels = self.prepare(list(images), list(questions))
+        result: GenerationResult = generate(
+            self.model, ids, pixels, mask, settings, self.eos_token_ids, self.tokenizer.pad_token_id
+        )
+        return [
+            Answer(self.decode(seq), seq, result.mean_logprob(i)) for i, seq in enumerate(result.sequences)
+        ]
+
+    def stream(self, image, question: str, settings: SamplingSettings | None = None,
+               should_stop=lambda: False) -> Iterator[str]:
+        """Yield text pieces of the answer as they are generated (whole characters only).
+
+        ``should_stop`` is polled between tokens so a GUI can cancel mid-answer.
+        """
+        ids, mask, pixels = self.prepare([image], [question])
+        tokens: list[int] = []
+        emitted = ""
+        for step, _, active in stream_generate(
+            self.model, ids, pixels, mask, settings, self.eos_token_ids, self.tokenizer.pad_token_id
+        ):
+            if should_stop() or not bool(active[0]):
+                break
+            tokens.append(int(step[0]))
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+                continue
+            text = text.strip()  # trailing spaces wait: the final answer is stripped too
+            if len(text) > len(emitted) and text.startswith(emitted):
+                yield text[len(emitted):]
+                emitted = text
+        final = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        if final.startswith(emitted) and len(final) > len(emitted):
+            yield final[len(emitted):]
