@@ -92,6 +92,8 @@ class DataSettings:
     train_file: str = "data/merged/qa.json"
     # Held-out data for eval loss / evaluate.py; null disables evaluation during training.
     eval_file: str | None = None
+    # Use at most this many eval records during training (null: all of them).
+    eval_max_samples: int | None = None
     max_length: int = 2048
     group_by_length: bool = True
     num_workers: int = 2
@@ -121,6 +123,14 @@ class TrainSettings:
     max_steps: int = -1
     # Stop after this many seconds of training (null: no limit); a checkpoint is written then.
     max_time_seconds: float | None = None
+    # Stop (and save) at this global step without changing the schedule: splits one run into
+    # several sessions that resume where the last one stopped (null: run to the end).
+    stop_at_step: int | None = None
+    # A pretrain-stage checkpoint (or run dir) whose projector the sft stage starts from.
+    init_from: str | None = None
+    # At each evaluation, also generate answers for the eval records and log their official
+    # VQA accuracy next to the eval loss.
+    eval_vqa: bool = False
     per_device_batch_size: int = 8
     eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1

@@ -322,9 +322,19 @@ class VQAModel(PreTrainedModel):
         model.load_trained_weights(path / WEIGHTS_NAME)
         return model
 
-    def load_trained_weights(self, weights_file: str | os.PathLike) -> None:
+    def load_trained_weights(self, weights_file: str | os.PathLike, only_prefix: str | None = None) -> None:
+        """Load a checkpoint's trained weights; all of them must be present (or, with
+        ``only_prefix``, only those under that prefix are taken, e.g. a pretrain projector)."""
         state = load_file(str(weights_file))
         own = self.state_dict()
+        if only_prefix is not None:
+            state = {k: v for k, v in state.items() if k.startswith(only_prefix)}
+            if not state:
+                raise ValueError(f"{weights_file}: holds no {only_prefix}* weights")
+            with torch.no_grad():
+                for key, value in state.items():
+                    own[key].copy_(value)
+            return
         unexpected = [k for k in state if k not in own]
         if unexpected:
             raise ValueError(f"{weights_file}: weights that this model does not have: {unexpected[:5]}")

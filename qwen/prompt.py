@@ -100,6 +100,7 @@ class PromptRenderer:
         self.image_token_id = image_token_id(tokenizer, image_token)
         self.end_of_turn = set(end_of_turn_ids(tokenizer))
         self._template_cache: dict[str, list[int]] = {}
+        self._rendered_cache: dict[tuple, str] = {}
 
     def _template_ids(self, text: str) -> list[int]:
         ids = self._template_cache.get(text)
@@ -133,9 +134,16 @@ class PromptRenderer:
                 slots.append((message["role"], {"type": "text", "text": ""}))
             templated.append({"role": message["role"], "content": "".join(sentinels)})
 
-        rendered = self.tokenizer.apply_chat_template(
-            templated, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        # Message contents are only sentinels, numbered in order, so the rendered string depends
+        # on the conversation's structure alone: render each structure once.
+        key = (tuple((m["role"], m["content"].count("\ue000")) for m in templated), add_generation_prompt)
+        rendered = self._rendered_cache.get(key)
+        if rendered is None:
+            rendered = self.tokenizer.apply_chat_template(
+                templated, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+            if len(self._rendered_cache) < 4096:
+                self._rendered_cache[key] = rendered
         input_ids: list[int] = []
         labels: list[int] = []
         num_images = 0
