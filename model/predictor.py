@@ -63,6 +63,11 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: str | None = None, device: str | None = None) -> "Predictor":
+        """A training checkpoint, a run directory (its newest checkpoint) or a LLaVA export."""
+        from model.llava_adapter import is_llava_export, load_llava_export
+
+        if is_llava_export(path):
+            return cls(*load_llava_export(path, dtype=dtype, device=device))
         checkpoint = resolve_checkpoint(path)
         model = VQAModel.from_pretrained(checkpoint, dtype=dtype)
         if device:

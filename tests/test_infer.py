@@ -1,0 +1,413 @@
+"""infer.py end to end: streaming, interactive, resumable batch JSONL, exports, --server, bad input.
+
+The checkpoint is a tiny model fully fine-tuned for a few steps to answer "red" / "blue" about solid
+red / blue images, so greedy answers are real, image-dependent words (a freshly initialised tiny
+model only repeats newlines). The subprocess tests exercise the real command line; the rest call
+``infer.main`` in-process, which is the same code without paying for a torch import each time.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+import infer
+from model.generation import SamplingSettings
+from tests.conftest import ROOT, make_model
+
+QUESTION = "What colour is it?"
+MAX_NEW_TOKENS = 8
+SETTINGS = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def build_trained_checkpoint(tiny, tokenizer, root: Path) -> SimpleNamespace:
+    """Train (once per test session: the result is cached under pytest's base temp dir) a
+    checkpoint that answers the colour of a solid image, and write a few test images. Full
+    fine-tuning: with LoRA alone the tiny LM's logits stay nearly uniform."""
+    from qwen import PromptRenderer, record_messages
+
+    ckpt, images = root / "checkpoint-25", root / "images"
+    if not (ckpt / "model.safetensors").is_file():
+        images.mkdir(parents=True, exist_ok=True)
+        (images / "sub").mkdir(exist_ok=True)
+        Image.new("RGB", (40, 30), (220, 20, 20)).save(images / "red.png")
+        Image.new("RGB", (30, 40), (20, 20, 220)).save(images / "blue.png")
+        Image.new("RGB", (32, 32), (200, 40, 30)).save(images / "sub" / "red2.jpg", quality=95)
+        (images / "broken.png").write_bytes(b"this is not a png")
+        (images / "notes.txt").write_text("not an image, ignored by extension\n")
+
+        model = make_model(tiny, finetune="full")
+        renderer = PromptRenderer(tokenizer, model.config.num_image_tokens)
+        pixels = torch.stack([model.vision_tower.preprocessor(images / f"{c}.png") for c in ("red", "blue")])
+        rows = [renderer.render(record_messages([{"role": "user", "content": f"<|extra_0|>\n{QUESTION}"},
+                                                 {"role": "assistant", "content": c}], system_prompt=None))
+                for c in ("red", "blue")]
+        width = max(len(r.input_ids) for r in rows)
+        ids = torch.full((2, width), tokenizer.pad_token_id)
+        labels = torch.full((2, width), -100)
+        mask = torch.zeros((2, width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.input_ids):] = torch.tensor(r.input_ids)
+            labels[i, width - len(r.labels):] = torch.tensor(r.labels)
+            mask[i, width - len(r.input_ids):] = 1
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        model.train()
+        for _ in range(25):
+            model(input_ids=ids, pixel_values=pixels, attention_mask=mask, labels=labels).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+        tmp = root / ".checkpoint-tmp"
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(ckpt)
+    return SimpleNamespace(root=root, checkpoint=ckpt, images=images, red=images / "red.png",
+                           blue=images / "blue.png", red2=images / "sub" / "red2.jpg", broken=images / "broken.png")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tokenizer, tmp_path_factory):
+    return build_trained_checkpoint(tiny, tokenizer, tmp_path_factory.getbasetemp() / "vqa-trained")
+
+
+@pytest.fixture(scope="module")
+def predictor(trained):
+    from model.predictor import Predictor
+
+    return Predictor.from_checkpoint(trained.checkpoint)
+
+
+@pytest.fixture
+def loaded(monkeypatch, predictor):
+    """In-process runs reuse the module's predictor instead of loading the checkpoint again (the
+    subprocess tests cover loading)."""
+    monkeypatch.setattr(infer, "load_predictor", lambda args, concurrency=8: predictor)
+
+
+def run_cli(*args, cwd, stdin=None, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "infer.py"), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, input=stdin, timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+def test_stream_joins_to_the_batched_greedy_answer(predictor, trained):
+    answers = predictor.answer([trained.red, trained.blue], [QUESTION, QUESTION], SETTINGS)
+    assert [a.text for a in answers] == ["red", "blue"]  # the checkpoint really learned something
+    for path, answer in zip([trained.red, trained.blue], answers):
+        pieces = list(predictor.stream(path, QUESTION, SETTINGS))
+        assert "".join(pieces) == answer.text
+
+
+def test_cli_single_question_prints_the_streamed_answer(predictor, trained, tmp_path):
+    expected = predictor.answer([trained.blue], [QUESTION], SETTINGS)[0].text
+    assert expected
+    result = run_cli("--checkpoint", trained.checkpoint.parent, "--image", trained.blue, "--question", QUESTION,
+                     "--max-new-tokens", MAX_NEW_TOKENS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected + "\n"
+    assert "Traceback" not in result.stderr
+
+
+def test_interactive_loop_answers_each_line_until_exit(predictor, trained, loaded, monkeypatch, capsys):
+    other = "Which colour do you see?"
+    expected = [a.text for a in predictor.answer([trained.red, trained.red], [QUESTION, other], SETTINGS)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTION}\n  {other}  \nexit\n{QUESTION}\n"))
+    assert infer.main(["--checkpoint", str(trained.checkpoint), "--image", str(trained.red),
+                       "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+    assert capsys.readouterr().out == "".join(f"{t}\n" for t in expected)
+
+
+# -- batch pre-annotation ------------------------------------------------------------------------
+
+
+def test_batch_jsonl_answers_flags_resumes_and_repairs(predictor, trained, loaded, tmp_path):
+    out = tmp_path / "annotations.jsonl"
+    args = ["--checkpoint", trained.checkpoint, "--images", trained.images, "--question", QUESTION, "--output", out,
+            "--max-new-tokens", MAX_NEW_TOKENS, "--batch-size", 2, "--review-threshold", -1e9]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = read_jsonl(out)
+    by_image = {Path(line["image"]).name: line for line in lines}
+    assert sorted(by_image) == ["blue.png", "broken.png", "red.png", "red2.jpg"]  # notes.txt is not an image
+    assert len(lines) == 4
+    assert "not a readable image" in by_image["broken.png"]["error"] and "answer" not in by_image["broken.png"]
+    good = [trained.blue, trained.red, trained.red2]
+    expected = predictor.answer(good, [QUESTION] * 3, SETTINGS)
+    for path, answer in zip(good, expected):
+        line = by_image[path.name]
+        assert line["question"] == QUESTION and line["answer"] == answer.text
+        assert line["confidence"] == pytest.approx(answer.mean_logprob, abs=1e-4)
+        assert line["review"] is False  # the threshold was -1e9
+    assert "3 answered, 1 errors" in result.stderr
+
+    # Resume: a second run (in-process, same code) finds everything done and writes nothing.
+    before = out.read_bytes()
+    in_process = [str(a) for a in args]
+    assert infer.main(in_process) == 0
+    assert out.read_bytes() == before
+
+    # A crash in the middle of the last line: the next run drops the fragment and redoes that item.
+    last = lines[-1]
+    out.write_bytes(before[: len(before) - len(json.dumps(last, ensure_ascii=False)) // 2 - 1])
+    assert infer.main(in_process[:-2] + ["--review-threshold", "0"]) == 0
+    repaired = read_jsonl(out)
+    assert len(repaired) == 4 and repaired[:3] == lines[:3]
+    assert {k: v for k, v in repaired[3].items() if k not in ("confidence", "review")} == \
+        {k: v for k, v in last.items() if k not in ("confidence", "review")}
+    if "answer" in last:
+        assert repaired[3]["review"] is True  # every mean log-prob is below 0
+    # Errors are kept as done unless asked to retry them.
+    assert infer.main(in_process + ["--retry-errors"]) == 0
+    final = read_jsonl(out)
+    assert len(final) == 5 and "error" in final[-1] and Path(final[-1]["image"]).name == "broken.png"
+
+
+def test_batch_over_a_merged_qa_json_uses_each_records_question(predictor, trained, loaded, tmp_path):
+    data = tmp_path / "merged"
+    data.mkdir()
+    rel = os.path.relpath(trained.images, data)
+    (data / "images.json").write_text(json.dumps({
+        "0": {"path": f"{rel}/red.png", "source": "t"}, "1": {"path": f"{rel}/blue.png", "source": "t"},
+        "2": {"path": f"{rel}/missing.png", "source": "t"},
+    }))
+    other = "Which colour do you see?"
+    records = [
+        {"id": "t/a", "image_id": 0, "source": "t", "messages": [
+            {"role": "user", "content": f"<|extra_0|>\n{QUESTION}"}, {"role": "assistant", "content": "red"}]},
+        {"id": "t/b", "image_id": 1, "source": "t", "messages": [{"role": "user", "content": f"<|extra_0|>\n{other}"}]},
+        {"id": "t/c", "image_id": 2, "source": "t", "messages": [{"role": "user", "content": f"<|extra_0|>\n{QUESTION}"}]},
+        {"id": "t/d", "image_id": 7, "source": "t", "messages": [{"role": "user", "content": f"<|extra_0|>\n{QUESTION}"}]},
+    ]
+    (data / "qa.json").write_text(json.dumps(records))
+    out = tmp_path / "out.jsonl"
+    args = ["--checkpoint", str(trained.checkpoint), "--images", str(data / "qa.json"), "--output", str(out),
+            "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    assert infer.main(args) == 0
+    lines = {line["id"]: line for line in read_jsonl(out)}
+    assert sorted(lines) == ["t/a", "t/b", "t/c", "t/d"]
+    expected = predictor.answer([trained.red, trained.blue], [QUESTION, other], SETTINGS)
+    assert (lines["t/a"]["question"], lines["t/a"]["answer"]) == (QUESTION, expected[0].text)
+    assert (lines["t/b"]["question"], lines["t/b"]["answer"]) == (other, expected[1].text)
+    assert "no such image file" in lines["t/c"]["error"]
+    assert "not in images.json" in lines["t/d"]["error"]
+    size = out.stat().st_size
+    assert infer.main(args) == 0 and out.stat().st_size == size  # resumed by record id: nothing new
+
+
+# -- exported LLaVA directories --------------------------------------------------------------------
+
+
+def hand_made_export(checkpoint: Path, tokenizer, directory: Path) -> Path:
+    """A LlavaForConditionalGeneration export written without export.py: LoRA merged, weights
+    mapped by hand (tests/test_model.py), tokenizer and SigLIP image processor saved beside."""
+    from transformers import SiglipImageProcessor
+
+    from model import VQAModel
+    from tests.test_model import llava_from
+
+    model = VQAModel.from_pretrained(checkpoint).eval()
+    if hasattr(model.language_model, "merge_and_unload"):  # a LoRA checkpoint: merge the adapter
+        model.language_model = model.language_model.merge_and_unload()
+    llava = llava_from(model)
+    llava.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    pre = model.vision_tower.preprocessor
+    SiglipImageProcessor(size={"height": pre.size, "width": pre.size}, image_mean=list(pre.image_mean),
+                         image_std=list(pre.image_std)).save_pretrained(directory)
+    return directory
+
+
+def test_export_directory_answers_like_the_checkpoint(predictor, trained, tokenizer, tmp_path, capsys, monkeypatch):
+    from model.llava_adapter import LlavaAdapter, is_llava_export
+    from model.predictor import Predictor
+
+    images = [trained.red, trained.blue]
+    expected = predictor.answer(images, [QUESTION] * 2, SETTINGS)
+    exports = [hand_made_export(trained.checkpoint, tokenizer, tmp_path / "by-hand")]
+    if (ROOT / "export.py").is_file():  # the real exporter, when present
+        import export
+
+        assert export.main(["--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "exported"),
+                            "--dtype", "float32"]) == 0
+        exports.append(tmp_path / "exported")
+        capsys.readouterr()  # what export.py printed
+    for directory in exports:
+        assert is_llava_export(directory) and not is_llava_export(trained.checkpoint)
+        # infer.py's loader (the CLI's own path), then the CLI itself with that predictor
+        loaded = infer.load_predictor(SimpleNamespace(server=None, checkpoint=str(directory), device="cpu", dtype=None))
+        assert isinstance(loaded, Predictor) and isinstance(loaded.model, LlavaAdapter)
+        got = loaded.answer(images, [QUESTION] * 2, SETTINGS)
+        assert [a.token_ids for a in got] == [a.token_ids for a in expected], directory.name
+        for a, b in zip(got, expected):
+            assert a.mean_logprob == pytest.approx(b.mean_logprob, abs=1e-4)
+        monkeypatch.setattr(infer, "load_predictor", lambda args, concurrency=8: loaded)
+        assert infer.main(["--checkpoint", str(directory), "--image", str(trained.blue), "--question", QUESTION,
+                           "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+        assert capsys.readouterr().out == expected[1].text + "\n"
+
+
+# -- an OpenAI-compatible server -------------------------------------------------------------------
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    """Checks each request's shape and answers "<colour of the image's first pixel> (<question>)"."""
+
+    requests: list = []
+    ignore_stream = False  # answer streamed requests with one JSON completion, like some servers
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _json(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/v1/models":
+            return self._json(200, {"object": "list", "data": [{"id": "listed-model", "object": "model"}]})
+        self._json(404, {"error": {"message": "not found"}})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append((self.path, body))
+        assert self.path == "/v1/chat/completions"
+        (message,) = body["messages"]
+        image_part, text_part = message["content"]
+        assert message["role"] == "user" and image_part["type"] == "image_url" and text_part["type"] == "text"
+        prefix = "data:image/png;base64,"
+        assert image_part["image_url"]["url"].startswith(prefix)
+        image = Image.open(io.BytesIO(base64.b64decode(image_part["image_url"]["url"][len(prefix):])))
+        assert image.format == "PNG" and image.mode == "RGB"
+        answer = f"{'red' if image.getpixel((0, 0))[0] > 128 else 'blue'} ({text_part['text']})"
+        if body.get("stream") and not type(self).ignore_stream:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for piece in [" "] + [answer[i:i + 3] for i in range(0, len(answer), 3)] + ["\n"]:
+                chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
+        logprobs = {"content": [{"token": "x", "logprob": -0.5}, {"token": "y", "logprob": -1.5}]}
+        self._json(200, {"object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": answer}, "logprobs": logprobs,
+             "finish_reason": "stop"}]})
+
+
+@pytest.fixture
+def fake_server():
+    FakeOpenAI.requests = []
+    FakeOpenAI.ignore_stream = False
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_server_mode_sends_the_image_and_question(fake_server, trained, tmp_path, capsys):
+    from visual.preprocess import load_image
+
+    assert infer.main(["--server", fake_server, "--model", "vqa", "--image", str(trained.red),
+                       "--question", QUESTION, "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == f"red ({QUESTION})\n"
+    (path, body), = FakeOpenAI.requests
+    assert body["model"] == "vqa" and body["temperature"] == 0 and body["max_tokens"] == 5 and body["stream"]
+    sent = Image.open(io.BytesIO(base64.b64decode(body["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)[1])))
+    assert list(sent.getdata()) == list(load_image(trained.red).getdata())  # the image itself, losslessly
+
+    FakeOpenAI.requests = []
+    out = tmp_path / "remote.jsonl"
+    assert infer.main(["--server", fake_server + "/v1", "--images", str(trained.images), "--question", QUESTION,
+                       "--output", str(out), "--review-threshold", "-0.9"]) == 0
+    lines = {Path(line["image"]).name: line for line in read_jsonl(out)}
+    assert lines["red.png"]["answer"] == f"red ({QUESTION})" and lines["blue.png"]["answer"] == f"blue ({QUESTION})"
+    assert lines["red.png"]["confidence"] == -1.0 and lines["red.png"]["review"] is True
+    assert "error" in lines["broken.png"]
+    bodies = [b for _, b in FakeOpenAI.requests]
+    assert len(bodies) == 3 and all(b["model"] == "listed-model" and not b["stream"] for b in bodies)
+
+    from model.remote import RemotePredictor
+
+    FakeOpenAI.ignore_stream = True  # a server that does not stream: the whole answer as one piece
+    assert list(RemotePredictor(fake_server, "m").stream(trained.blue, "Q?")) == ["blue (Q?)"]
+
+
+def test_unreachable_server_is_one_line(trained, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(SystemExit) as exc:
+        infer.main(["--server", f"http://127.0.0.1:{port}", "--model", "m", "--image", str(trained.red),
+                    "--question", QUESTION])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the server" in err
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["missing-image", "not-an-image", "image-is-a-dir", "no-images-in-dir",
+                                  "empty-question", "not-a-checkpoint", "no-such-checkpoint", "no-images-json"])
+def test_bad_input_exits_2_with_one_line(trained, tmp_path, case):
+    ckpt = trained.checkpoint
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    (tmp_path / "qa.json").write_text("[]")
+    args = {
+        "missing-image": ["--checkpoint", ckpt, "--image", tmp_path / "nope.png", "--question", QUESTION],
+        "not-an-image": ["--checkpoint", ckpt, "--image", trained.images / "notes.txt", "--question", QUESTION],
+        "image-is-a-dir": ["--checkpoint", ckpt, "--image", trained.images, "--question", QUESTION],
+        "no-images-in-dir": ["--checkpoint", ckpt, "--images", tmp_path / "empty", "--question", QUESTION,
+                             "--output", tmp_path / "o.jsonl"],
+        "empty-question": ["--checkpoint", ckpt, "--image", trained.red, "--question", "   "],
+        "not-a-checkpoint": ["--checkpoint", tmp_path / "empty", "--image", trained.red, "--question", QUESTION],
+        "no-such-checkpoint": ["--checkpoint", tmp_path / "nothing", "--image", trained.red, "--question", QUESTION],
+        "no-images-json": ["--checkpoint", ckpt, "--images", tmp_path / "qa.json", "--output", tmp_path / "o.jsonl"],
+    }[case]
+    result = run_cli(*args, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_checkpoint_without_weights_is_one_line(trained, tmp_path, capsys):
+    broken = tmp_path / "checkpoint-5"
+    broken.mkdir()
+    (broken / "config.json").write_text((trained.checkpoint / "config.json").read_text())
+    with pytest.raises(SystemExit) as exc:
+        infer.main(["--checkpoint", str(tmp_path), "--image", str(trained.red), "--question", QUESTION])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a checkpoint" in err and "model.safetensors" in err
