@@ -1,0 +1,189 @@
+"""train.py end to end on the tiny checkpoints: what trains, resume, DeepSpeed, wandb, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def merged(tiny, tmp_path_factory) -> dict[str, Path]:
+    """A small synthetic data set in the raw formats, merged by the real process_image.py."""
+    from tools.make_demo_data import build_demo_data
+
+    base = tmp_path_factory.mktemp("data")
+    build_demo_data(base / "demo", num_train=300, num_eval=40, image_size=64, seed=0)
+    out = {}
+    for name, sources in {
+        "train": "[{type: llava, annotations: %s, image_dir: %s}]" % (base / "demo/raw/llava_train.json", base / "demo/images"),
+        "eval": "[{type: llava, annotations: %s, image_dir: %s}]" % (base / "demo/raw/llava_eval.json", base / "demo/images"),
+    }.items():
+        subprocess.run(
+            [sys.executable, "process_image.py", "--config", "configs/demo.yaml",
+             "--set", f"data.sources={sources}", "--set", f"data.output_dir={base / name}"],
+            cwd=ROOT, check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        out[name] = base / name / "qa.json"
+    return out
+
+
+def overrides(tiny, merged, out_dir, *extra):
+    sets = [
+        f"model.vision_model={tiny['tiny-siglip']}",
+        f"model.language_model={tiny['tiny-qwen2']}",
+        f"data.train_file={merged['train']}",
+        "data.eval_file=null",
+        "data.num_workers=0",
+        "data.group_by_length=false",
+        f"train.output_dir={out_dir}",
+        "train.per_device_batch_size=4",
+        "train.max_steps=6",
+        "train.max_time_seconds=null",
+        "train.save_steps=3",
+        "train.save_total_limit=null",
+        "train.logging_steps=1",
+        "train.warmup_ratio=0.0",
+        "train.learning_rate=1e-2",
+        "train.projector_learning_rate=1e-2",
+        "train.report_to=[]",
+        "train.lora.r=4",
+        *extra,
+    ]
+    args = ["--config", "configs/demo.yaml"]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def run_train(args, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, stdin=subprocess.DEVNULL,
+    )
+
+
+def trained_state(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def losses(out_dir: Path) -> list[float]:
+    return [json.loads(l)["loss"] for l in (out_dir / "progress.jsonl").read_text().splitlines() if '"loss"' in l]
+
+
+@pytest.mark.parametrize("stage", ["sft", "pretrain"])
+def test_short_run_learns_and_changes_only_what_it_should(tiny, merged, tmp_path, stage):
+    from model import VQAModel
+
+    out = tmp_path / "run"
+    result = run_train(overrides(tiny, merged, out, f"train.stage={stage}", "train.max_steps=12", "data.train_file=" + str(merged["eval"])))
+    assert result.returncode == 0, result.stderr[-3000:]
+    curve = losses(out)
+    assert len(curve) == 12 and sum(curve[-3:]) / 3 < sum(curve[:3]) / 3
+    keys = set(trained_state(out))
+    if stage == "pretrain":
+        assert keys == {"multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_1.bias",
+                        "multi_modal_projector.linear_2.weight", "multi_modal_projector.linear_2.bias"}
+    else:
+        assert any("lora_A" in k for k in keys) and all("lora_" in k or k.startswith("multi_modal_projector.") for k in keys)
+    model = VQAModel.from_pretrained(out)
+    # The bases in the trained model are bitwise the base checkpoints.
+    lm_state = {k.replace("base_layer.", ""): v for k, v in model.causal_lm.state_dict().items()}
+    for key, value in load_file(str(tiny["tiny-qwen2"] / "model.safetensors")).items():
+        assert torch.equal(lm_state[key], value), key
+    for key, value in load_file(str(tiny["tiny-siglip"] / "model.safetensors")).items():
+        assert torch.equal(model.vision_tower.model.state_dict()[key], value), key
+    assert model.vision_tower.training is False
+    fresh = VQAModel.from_bases(vision_model=str(tiny["tiny-siglip"]), language_model=str(tiny["tiny-qwen2"]))
+    assert not torch.equal(model.multi_modal_projector.linear_1.weight, fresh.multi_modal_projector.linear_1.weight)
+    if stage == "sft":
+        lora_b = [v for k, v in model.state_dict().items() if "lora_B" in k]
+        assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: it trained
+
+
+def test_resume_gives_the_same_weights_as_a_straight_run(tiny, merged, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ("train.max_steps=8", "train.save_steps=4", "train.lr_scheduler=cosine", "data.group_by_length=true")
+    first = run_train(overrides(tiny, merged, straight, *common))
+    assert first.returncode == 0, first.stderr[-3000:]
+    part1 = run_train(overrides(tiny, merged, split, *common, "train.stop_at_step=4"))
+    assert part1.returncode == 0, part1.stderr[-3000:]
+    assert (split / "checkpoint-4" / "trainer_state.json").is_file() and not (split / "checkpoint-8").exists()
+    # A checkpoint cut off mid-write (no trainer state yet) must never be resumed from.
+    (split / "checkpoint-6").mkdir()
+    (split / "checkpoint-6" / "config.json").write_text("{}")
+    part2 = run_train(overrides(tiny, merged, split, *common))
+    assert part2.returncode == 0, part2.stderr[-3000:]
+    assert "resuming from" in part2.stdout and "checkpoint-4" in part2.stdout
+    a, b = trained_state(straight), trained_state(split)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    # the resumed run really continued (weights differ from the stop point)
+    mid = trained_state(split / "checkpoint-4")
+    assert any(not torch.equal(mid[k], b[k]) for k in b)
+
+
+def test_wandb_without_api_key_logs_offline_and_never_prompts(tiny, merged, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update({"HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})  # no ~/.netrc with a key
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "train.py", *overrides(tiny, merged, out, "train.report_to=[wandb]", "train.max_steps=2")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "logging offline" in result.stdout
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("model.language_model=checkpoints/no-such-model",), "model.language_model: checkpoints/no-such-model does not exist"),
+        (("data.train_file=/nonexistent/qa.json",), "data.train_file: /nonexistent/qa.json does not exist"),
+        (("train.deepspeed=configs/zero3.json",), "ZeRO-3 needs a distributed launcher"),
+        (("train.learnin_rate=1",), "unknown key train.learnin_rate"),
+    ],
+)
+def test_refuses_bad_configs_before_any_work(tiny, merged, tmp_path, extra, message):
+    result = run_train(overrides(tiny, merged, tmp_path / "run", *extra), timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_data_file_is_refused(tiny, merged, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "qa.json").write_text("[]")
+    (empty / "images.json").write_text("{}")
+    result = run_train(overrides(tiny, merged, tmp_path / "run", f"data.train_file={empty / 'qa.json'}"), timeout=120)
+    assert result.returncode == 2 and "holds no records" in result.stderr
+
+
+def test_deepspeed_zero2_trains_on_two_cpu_processes(tiny, merged, tmp_path):
+    """ZeRO-2 under torchrun with the gloo backend; the checkpoint loads with from_pretrained."""
+    from model import VQAModel
+
+    out = tmp_path / "run"
+    args = overrides(tiny, merged, out, "train.deepspeed=configs/zero2.json", "train.max_steps=4", "train.save_steps=4")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "train.py", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    assert (out / "checkpoint-4" / "trainer_state.json").is_file()
+    model = VQAModel.from_pretrained(out / "checkpoint-4")
+    assert model.config.finetune == "lora"
+    assert len(losses(out)) == 4
