@@ -15,6 +15,8 @@ class VQAConfig(PretrainedConfig):
     """
 
     model_type = "siglip_qwen_vqa"
+    # DeepSpeed's "auto" bucket sizes and FLOP estimates read config.hidden_size.
+    attribute_map = {"hidden_size": "text_hidden_size"}
 
     def __init__(
         self,

@@ -171,15 +171,18 @@ def test_empty_data_file_is_refused(tiny, merged, tmp_path):
     assert result.returncode == 2 and "holds no records" in result.stderr
 
 
-def test_deepspeed_zero2_trains_on_two_cpu_processes(tiny, merged, tmp_path):
-    """ZeRO-2 under torchrun with the gloo backend; the checkpoint loads with from_pretrained."""
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_trains_on_two_cpu_processes(tiny, merged, tmp_path, zero):
+    """ZeRO-2/3 under torchrun with the gloo backend; the checkpoint (ZeRO-3: gathered from the
+    shards) loads with from_pretrained."""
     from model import VQAModel
 
     out = tmp_path / "run"
-    args = overrides(tiny, merged, out, "train.deepspeed=configs/zero2.json", "train.max_steps=4", "train.save_steps=4")
+    port = {"zero2": "29533", "zero3": "29534"}[zero]
+    args = overrides(tiny, merged, out, f"train.deepspeed=configs/{zero}.json", "train.max_steps=4", "train.save_steps=4")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "train.py", *args],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, "train.py", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
