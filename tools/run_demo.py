@@ -38,6 +38,9 @@ def plot(progress: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not progress.is_file():
+        print(f"no {progress} (the run logged nothing: shorter than train.logging_steps); no plot")
+        return
     rows = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
     loss = [(r["train_seconds"] / 60, r["loss"]) for r in rows if "loss" in r]
     acc = [(r["train_seconds"] / 60, r["eval_vqa_accuracy"]) for r in rows if "eval_vqa_accuracy" in r]
