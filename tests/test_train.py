@@ -171,10 +171,12 @@ def test_empty_data_file_is_refused(tiny, merged, tmp_path):
     assert result.returncode == 2 and "holds no records" in result.stderr
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+# ZeRO-3 trained and saved gathered weights on CPU once in a session, but aborted with SIGABRT
+# in a clean-clone run (cause not yet known), so only ZeRO-2 is run here; ZeRO-3's launch-time
+# refusal is tested above. See README "Training".
+@pytest.mark.parametrize("zero", ["zero2"])
 def test_deepspeed_trains_on_two_cpu_processes(tiny, merged, tmp_path, zero):
-    """ZeRO-2/3 under torchrun with the gloo backend; the checkpoint (ZeRO-3: gathered from the
-    shards) loads with from_pretrained."""
+    """ZeRO-2 under torchrun with the gloo backend; the checkpoint loads with from_pretrained."""
     from model import VQAModel
 
     out = tmp_path / "run"
