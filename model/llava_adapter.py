@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from qwen.splice import splice_image_features
+from qwen.splice import embed_with_images
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,12 +80,9 @@ class LlavaAdapter(nn.Module):
         return torch.stack(list(out.pooler_output))
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        embeds = self.get_input_embeddings()(input_ids)
-        if pixel_values is not None:
-            return splice_image_features(embeds, input_ids, self.config.image_token_id, self.image_features(pixel_values))
-        if bool((input_ids == self.config.image_token_id).any()):
-            raise ValueError("the input holds image tokens but no pixel_values were given")
-        return embeds
+        return embed_with_images(
+            self.get_input_embeddings(), input_ids, self.config.image_token_id, pixel_values, self.image_features
+        )
 
 
 def load_llava_export(path: str | Path, dtype: str | None = None, device: str | None = None):

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from model.configuration import VQAConfig
 from model.projector import Projector
 from qwen.prompt import IGNORE_INDEX
-from qwen.splice import splice_image_features
+from qwen.splice import embed_with_images
 from qwen.tokenizer import image_token_id as lookup_image_token_id
 from qwen.tokenizer import load_tokenizer
 from visual.tower import VisionTower, build_vision_tower
@@ -192,12 +192,9 @@ class VQAModel(PreTrainedModel):
         return self.multi_modal_projector(self.vision_tower(pixel_values))
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        embeds = self.get_input_embeddings()(input_ids)
-        if pixel_values is not None:
-            return splice_image_features(embeds, input_ids, self.config.image_token_id, self.image_features(pixel_values))
-        if bool((input_ids == self.config.image_token_id).any()):
-            raise ValueError("the input holds image tokens but no pixel_values were given")
-        return embeds
+        return embed_with_images(
+            self.get_input_embeddings(), input_ids, self.config.image_token_id, pixel_values, self.image_features
+        )
 
     def forward(
         self,

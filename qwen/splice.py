@@ -34,3 +34,17 @@ def splice_image_features(
         )
     features = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds.dtype)
     return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
+
+
+def embed_with_images(embedding, input_ids: torch.Tensor, image_token_id: int,
+                      pixel_values: torch.Tensor | None, image_features) -> torch.Tensor:
+    """Token embeddings with the images spliced in; ``image_features(pixel_values)`` projects them.
+
+    Image tokens without pixels are an error: their embedding rows are placeholders, never inputs.
+    """
+    embeds = embedding(input_ids)
+    if pixel_values is not None:
+        return splice_image_features(embeds, input_ids, image_token_id, image_features(pixel_values))
+    if bool((input_ids == image_token_id).any()):
+        raise ValueError("the input holds image tokens but no pixel_values were given")
+    return embeds
