@@ -317,7 +317,9 @@ class VQAModel(PreTrainedModel):
             config.tokenizer = str(path)
         model = cls._build(config)
         model.load_trained_weights(path / WEIGHTS_NAME)
-        return model
+        # Like transformers' from_pretrained: a loaded model predicts (dropout off, a trainable
+        # tower's eval mode); the Trainer switches to train mode itself.
+        return model.eval()
 
     def load_trained_weights(self, weights_file: str | os.PathLike, only_prefix: str | None = None) -> None:
         """Load a checkpoint's trained weights; all of them must be present (or, with

@@ -56,6 +56,7 @@ def overrides(tiny, merged, out_dir, *extra):
         "train.projector_learning_rate=1e-2",
         "train.report_to=[]",
         "train.lora.r=4",
+        "train.train_vision_tower=false",  # the demo config trains its random tower; the tests pin the default
         *extra,
     ]
     args = ["--config", "configs/demo.yaml"]
@@ -108,6 +109,24 @@ def test_short_run_learns_and_changes_only_what_it_should(tiny, merged, tmp_path
         lora_b = [v for k, v in model.state_dict().items() if "lora_B" in k]
         assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: it trained
 
+
+def test_trainable_tower_is_trained_saved_and_reloaded(tiny, merged, tmp_path):
+    from model import VQAModel
+
+    out = tmp_path / "run"
+    result = run_train(overrides(tiny, merged, out, "train.max_steps=4", "train.train_vision_tower=true",
+                                 "train.vision_learning_rate=1e-2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = trained_state(out)
+    base = load_file(str(tiny["tiny-siglip"] / "model.safetensors"))
+    tower_keys = {k.removeprefix("vision_tower.model.") for k in saved if k.startswith("vision_tower.")}
+    # Every tower weight the forward pass uses is saved (the pooling head is never run, so it is not).
+    assert tower_keys and tower_keys <= base.keys()
+    assert any(not torch.equal(saved[f"vision_tower.model.{k}"], base[k]) for k in tower_keys)
+    model = VQAModel.from_pretrained(out)
+    for k in tower_keys:
+        assert torch.equal(model.vision_tower.model.state_dict()[k], saved[f"vision_tower.model.{k}"]), k
+    assert model.vision_tower.training is False  # a trained tower still predicts in eval mode
 
 def test_resume_gives_the_same_weights_as_a_straight_run(tiny, merged, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
