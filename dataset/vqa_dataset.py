@@ -21,6 +21,9 @@ from qwen.prompt import IGNORE_INDEX, PromptRenderer, record_messages
 
 logger = logging.getLogger(__name__)
 
+# Records rendered per batched tokenizer call (bounded memory, a progress bar that moves).
+RENDER_CHUNK = 2048
+
 
 class VQADataset(Dataset):
     def __init__(
@@ -46,28 +49,35 @@ class VQADataset(Dataset):
         self.supervised: list[np.ndarray] = []
         self.image_paths: list[Path] = []
         self.lengths: list[int] = []
-        for record in tqdm(records, desc=f"tokenizing {Path(qa_file).name}", disable=not show_progress, leave=False):
-            item = self._render(record, compact, images, max_length, image_token, system_prompt)
-            if item is None:
-                continue
-            ids, sup, path = item
-            self.input_ids.append(ids)
-            self.supervised.append(sup)
-            self.image_paths.append(path)
-            self.lengths.append(len(ids) + self.num_image_tokens - 1)
+        with tqdm(total=len(records), desc=f"tokenizing {Path(qa_file).name}", disable=not show_progress, leave=False) as bar:
+            for start in range(0, len(records), RENDER_CHUNK):
+                chunk = records[start : start + RENDER_CHUNK]
+                for ids, sup, path in self._render_chunk(chunk, compact, images, max_length, image_token, system_prompt):
+                    self.input_ids.append(ids)
+                    self.supervised.append(sup)
+                    self.image_paths.append(path)
+                    self.lengths.append(len(ids) + self.num_image_tokens - 1)
+                bar.update(len(chunk))
         if self.skipped:
             logger.warning("%s: skipped %s", qa_file, dict(self.skipped))
         if not self.input_ids:
             raise ValueError(f"{qa_file}: no usable training records (skipped: {dict(self.skipped)})")
 
-    def _render(self, record, compact, images, max_length, image_token, system_prompt):
-        try:
-            image_path = images[int(record["image_id"])]
-            messages = record_messages(record["messages"], image_token, system_prompt)
-        except (KeyError, TypeError, ValueError):
-            self.skipped["malformed_record"] += 1
-            return None
-        rendered = compact.render(messages)
+    def _render_chunk(self, records, compact, images, max_length, image_token, system_prompt):
+        parsed = []
+        for record in records:
+            try:
+                parsed.append((images[int(record["image_id"])], record_messages(record["messages"], image_token, system_prompt)))
+            except (KeyError, TypeError, ValueError):
+                self.skipped["malformed_record"] += 1
+        rendered = compact.render_many([messages for _, messages in parsed])
+        for (image_path, _), prompt in zip(parsed, rendered):
+            item = self._fit(prompt, max_length)
+            if item is not None:
+                yield (*item, image_path)
+
+    def _fit(self, rendered, max_length):
+        """Token ids and the supervised mask, truncated to fit; None (counted) when it cannot."""
         if rendered.num_images != 1:
             self.skipped["not_one_image"] += 1
             return None
@@ -85,7 +95,7 @@ class VQADataset(Dataset):
         if not sup.any():
             self.skipped["no_answer_tokens"] += 1
             return None
-        return ids, sup, image_path
+        return ids, sup
 
     def __len__(self) -> int:
         return len(self.input_ids)
