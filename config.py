@@ -107,6 +107,9 @@ class TrainSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)
     # Train the vision tower too (off for pretrained towers; the tiny demo tower may learn).
     train_vision_tower: bool = False
+    # finetune: full only. false keeps the token embeddings and LM head frozen (and out of the
+    # checkpoint): with a 151,936-token vocabulary they are most of a small model's weights.
+    train_embeddings: bool = True
     output_dir: str = "checkpoints/run"
     learning_rate: float = 2e-4
     # null: same as learning_rate.

@@ -61,6 +61,8 @@ def validate(cfg: Config, resume_dir: Path | None) -> None:
             fail(f"{label}: {path} holds no records")
         if not (p.parent / "images.json").is_file():
             fail(f"{label}: {p.parent / 'images.json'} is missing beside it")
+    if not t.train_embeddings and (t.stage != "sft" or t.finetune != "full"):
+        fail("train.train_embeddings: false only applies to stage sft with finetune full (LoRA and pretrain never train them)")
     if t.init_from and not Path(t.init_from).is_dir():
         fail(f"train.init_from: {t.init_from} does not exist")
     if t.deepspeed:
@@ -154,7 +156,7 @@ def build_model(cfg: Config):
     lora = None
     if finetune == "lora":
         lora = {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout, "target_modules": t.lora.target_modules}
-    model.configure_training(finetune, lora)
+    model.configure_training(finetune, lora, train_embeddings=t.train_embeddings)
     # Master weights of what trains stay fp32; bf16 compute comes from autocast (or DeepSpeed).
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:

@@ -38,6 +38,7 @@ class VQAConfig(PretrainedConfig):
         finetune: str = "projector",
         lora: dict | None = None,
         train_vision_tower: bool = False,
+        train_embeddings: bool = True,
         base_dtype: str = "float32",
         attn_implementation_name: str = "sdpa",
         system_prompt: str | None = None,
@@ -61,6 +62,7 @@ class VQAConfig(PretrainedConfig):
         self.finetune = finetune
         self.lora = lora
         self.train_vision_tower = train_vision_tower
+        self.train_embeddings = train_embeddings
         self.base_dtype = base_dtype
         self.attn_implementation_name = attn_implementation_name
         self.system_prompt = system_prompt

@@ -28,6 +28,8 @@ from visual.tower import VisionTower, build_vision_tower
 
 WEIGHTS_NAME = "model.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# State-dict key endings of the token embeddings and the LM head (frozen when train_embeddings is off).
+EMBEDDING_KEYS = ("embed_tokens.weight", "lm_head.weight")
 
 
 class VQAModel(PreTrainedModel):
@@ -130,8 +132,10 @@ class VQAModel(PreTrainedModel):
         )
         self.language_model = get_peft_model(self.language_model, cfg)
 
-    def configure_training(self, finetune: str, lora: dict | None = None) -> None:
-        """Choose what trains: ``projector``, ``lora`` (projector + adapter) or ``full``."""
+    def configure_training(self, finetune: str, lora: dict | None = None, train_embeddings: bool = True) -> None:
+        """Choose what trains: ``projector``, ``lora`` (projector + adapter) or ``full``; a full
+        fine-tune may keep the token embeddings and the LM head frozen (``train_embeddings``):
+        with Qwen's 151,936-row vocabulary they are most of a small model's weights."""
         if finetune not in ("projector", "lora", "full"):
             raise ValueError(f"finetune must be projector, lora or full, got {finetune!r}")
         if finetune == "lora":
@@ -143,6 +147,7 @@ class VQAModel(PreTrainedModel):
         elif self.config.lora is not None:
             raise ValueError("this model already carries a LoRA adapter; cannot switch to " + finetune)
         self.config.finetune = finetune
+        self.config.train_embeddings = bool(train_embeddings)
         self.set_trainable()
 
     def set_trainable(self) -> None:
@@ -151,6 +156,9 @@ class VQAModel(PreTrainedModel):
         self.multi_modal_projector.requires_grad_(True)
         if finetune == "full":
             self.language_model.requires_grad_(True)
+            if not self.config.train_embeddings:
+                self.get_input_embeddings().requires_grad_(False)
+                self.get_output_embeddings().requires_grad_(False)
         elif finetune == "lora":
             for name, param in self.language_model.named_parameters():
                 if "lora_" in name:
@@ -260,7 +268,7 @@ class VQAModel(PreTrainedModel):
             return True
         if key.startswith("language_model."):
             if self.config.finetune == "full":
-                return True
+                return self.config.train_embeddings or not key.endswith(EMBEDDING_KEYS)
             if self.config.finetune == "lora":
                 return "lora_" in key
         return False

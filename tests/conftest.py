@@ -33,7 +33,7 @@ def tokenizer(tiny):
     return load_tokenizer(str(tiny["tiny-qwen2"]))
 
 
-def make_model(tiny, language="tiny-qwen2", select="drop_first", lora=None, finetune=None, **kwargs):
+def make_model(tiny, language="tiny-qwen2", select="drop_first", lora=None, finetune=None, train_embeddings=True, **kwargs):
     import torch
 
     from model import VQAModel
@@ -44,7 +44,7 @@ def make_model(tiny, language="tiny-qwen2", select="drop_first", lora=None, fine
         vision_feature_select=select, **kwargs,
     )
     if finetune:
-        model.configure_training(finetune, lora)
+        model.configure_training(finetune, lora, train_embeddings=train_embeddings)
     return model
 
 

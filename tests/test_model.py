@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,12 +157,14 @@ def test_training_step_leaves_frozen_weights_bitwise_unchanged(tiny, tokenizer):
     assert any("lora_B" in n for n in changed)
 
 
-@pytest.mark.parametrize("finetune", ["projector", "lora", "full"])
+@pytest.mark.parametrize("finetune", ["projector", "lora", "full", "full-frozen-embeddings"])
 def test_save_load_roundtrip_is_bitwise(tiny, tokenizer, tmp_path, finetune):
     from model import VQAModel
     from safetensors import safe_open
 
-    model = make_model(tiny, finetune=finetune, lora=LORA if finetune == "lora" else None)
+    frozen_embeddings = finetune == "full-frozen-embeddings"
+    finetune = finetune.removesuffix("-frozen-embeddings")
+    model = make_model(tiny, finetune=finetune, lora=LORA if finetune == "lora" else None, train_embeddings=not frozen_embeddings)
     torch.manual_seed(3)
     with torch.no_grad():
         for p in model.parameters():
@@ -176,6 +180,10 @@ def test_save_load_roundtrip_is_bitwise(tiny, tokenizer, tmp_path, finetune):
         assert not any(k.startswith("vision_tower.") for k in keys)
     elif finetune == "projector":
         assert keys == {f"multi_modal_projector.{k}" for k in model.multi_modal_projector.state_dict()}
+    elif frozen_embeddings:
+        assert not model.get_input_embeddings().weight.requires_grad and not model.lm_head.weight.requires_grad
+        assert any(k.endswith("mlp.down_proj.weight") for k in keys)
+        assert not any(k.endswith(("embed_tokens.weight", "lm_head.weight")) or k.startswith("vision_tower.") for k in keys)
     else:
         assert any(k.endswith("embed_tokens.weight") for k in keys) and not any(k.startswith("vision_tower.") for k in keys)
     loaded = VQAModel.from_pretrained(tmp_path / "ckpt").eval()
@@ -216,3 +224,26 @@ def test_timm_backbone(tiny, tokenizer):
         out = model(input_ids=ids, pixel_values=pixels, attention_mask=mask)
     assert out.logits.shape[:2] == ids.shape and torch.isfinite(out.logits).all()
     assert not any(p.requires_grad for p in model.vision_tower.parameters())
+
+
+def test_checkpoint_builder_rebuilds_a_directory_built_from_another_spec(tmp_path):
+    """A checkpoint built by an older version of tools/ must never be silently reused."""
+    from tools.build_tiny_checkpoints import SPEC_FILE, _atomic_dir
+
+    builds = []
+
+    def build(tmp):
+        builds.append(tmp)
+        (tmp / "weights").write_text(str(len(builds)))
+
+    target = tmp_path / "ckpt"
+    _atomic_dir(target, build, {"hidden": 64})
+    _atomic_dir(target, build, {"hidden": 64})
+    assert len(builds) == 1  # same spec: reused
+    _atomic_dir(target, build, {"hidden": 128})
+    assert len(builds) == 2 and (target / "weights").read_text() == "2"
+    assert json.loads((target / SPEC_FILE).read_text()) == {"hidden": 128}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp or stale dirs left
+    (target / SPEC_FILE).unlink()  # built before specs were recorded: rebuilt
+    _atomic_dir(target, build, {"hidden": 128})
+    assert len(builds) == 3

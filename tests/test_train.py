@@ -56,7 +56,10 @@ def overrides(tiny, merged, out_dir, *extra):
         "train.projector_learning_rate=1e-2",
         "train.report_to=[]",
         "train.lora.r=4",
-        "train.train_vision_tower=false",  # the demo config trains its random tower; the tests pin the default
+        # The demo config fully fine-tunes its random LM and tower; the tests pin the defaults.
+        "train.train_vision_tower=false",
+        "train.finetune=lora",
+        "train.train_embeddings=true",
         *extra,
     ]
     args = ["--config", "configs/demo.yaml"]
@@ -108,6 +111,22 @@ def test_short_run_learns_and_changes_only_what_it_should(tiny, merged, tmp_path
     if stage == "sft":
         lora_b = [v for k, v in model.state_dict().items() if "lora_B" in k]
         assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: it trained
+
+
+def test_full_finetune_with_frozen_embeddings(tiny, merged, tmp_path):
+    from model import VQAModel
+
+    out = tmp_path / "run"
+    result = run_train(overrides(tiny, merged, out, "train.max_steps=4", "train.finetune=full", "train.train_embeddings=false"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = trained_state(out)
+    base = load_file(str(tiny["tiny-qwen2"] / "model.safetensors"))
+    lm_keys = {k.removeprefix("language_model.") for k in saved if k.startswith("language_model.")}
+    # Every LM weight but the (tied) embedding is saved, and the layers changed.
+    assert lm_keys == set(base) - {"model.embed_tokens.weight", "lm_head.weight"}
+    assert any(not torch.equal(saved[f"language_model.{k}"], base[k]) for k in lm_keys)
+    model = VQAModel.from_pretrained(out)
+    assert torch.equal(model.get_input_embeddings().weight, base["model.embed_tokens.weight"])
 
 
 def test_trainable_tower_is_trained_saved_and_reloaded(tiny, merged, tmp_path):
@@ -172,6 +191,7 @@ def test_wandb_without_api_key_logs_offline_and_never_prompts(tiny, merged, tmp_
         (("data.train_file=/nonexistent/qa.json",), "data.train_file: /nonexistent/qa.json does not exist"),
         (("train.deepspeed=configs/zero3.json",), "ZeRO-3 needs a distributed launcher"),
         (("train.learnin_rate=1",), "unknown key train.learnin_rate"),
+        (("train.train_embeddings=false", "train.stage=pretrain"), "only applies to stage sft with finetune full"),
     ],
 )
 def test_refuses_bad_configs_before_any_work(tiny, merged, tmp_path, extra, message):

@@ -82,12 +82,14 @@ TEXT_MODELS = {
         model_type="qwen3", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, seed=2,
     ),
-    # embed_std: with the default N(0, 0.02) tied embedding, a 128-d hidden state can reach a
-    # logit of only ~2.5, so a random model's loss floors near 10 over 151,936 tokens (measured:
-    # LoRA training stuck at 10.1); at 0.3 confident answers are reachable (3.7 after 100 steps).
+    # Untied, with a large-scale output head: the default N(0, 0.02) tied embedding lets a 128-d
+    # hidden state reach a logit of only ~2.5, so a random model's loss floors near 10 over
+    # 151,936 tokens (measured: LoRA stuck at 10.1). Tied at N(0, 0.3) the head can answer, but
+    # then every input embedding dwarfs what the random layers write, and the model needed ~300
+    # steps to learn even the answer prior; untied (input N(0, 0.02), head N(0, 0.3)) it takes ~100.
     "demo-qwen2": dict(
         model_type="qwen2", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, seed=3, embed_std=0.3,
+        num_attention_heads=4, num_key_value_heads=2, seed=3, tie_word_embeddings=False, head_std=0.3,
     ),
 }
 
@@ -99,15 +101,26 @@ VISION_MODELS = {
 }
 
 
-def _atomic_dir(target: Path, build) -> Path:
+SPEC_FILE = "build_spec.json"
+
+
+def _atomic_dir(target: Path, build, spec: dict) -> Path:
     """Build into a temp dir beside ``target`` and rename it into place, so that an interrupted
-    build never leaves a half-written checkpoint that later runs would trust."""
-    if target.exists():
+    build never leaves a half-written checkpoint that later runs would trust. A directory built
+    from another spec (an older version of this file) is rebuilt, never silently reused."""
+    stamp = json.dumps(spec, sort_keys=True)
+    if target.exists() and (target / SPEC_FILE).is_file() and (target / SPEC_FILE).read_text() == stamp:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         build(tmp)
+        (tmp / SPEC_FILE).write_text(stamp)
+        if target.exists():
+            stale = target.with_name(f".{target.name}.stale")
+            shutil.rmtree(stale, ignore_errors=True)
+            target.rename(stale)
+            shutil.rmtree(stale)
         tmp.rename(target)
     finally:
         if tmp.exists():
@@ -160,7 +173,7 @@ def make_tokenizer():
 
 def build_tokenizer(out: Path | None = None) -> Path:
     out = out or CHECKPOINTS / "qwen2.5-tokenizer"
-    return _atomic_dir(out, lambda tmp: make_tokenizer().save_pretrained(tmp))
+    return _atomic_dir(out, lambda tmp: make_tokenizer().save_pretrained(tmp), {"tokenizer": "qwen2.5", "version": 1})
 
 
 def _copy_tokenizer(dst: Path) -> None:
@@ -173,29 +186,32 @@ def build_text_model(name: str) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     spec = dict(TEXT_MODELS[name])
+    stamp = dict(spec)
     seed = spec.pop("seed")
-    embed_std = spec.pop("embed_std", None)
+    head_std = spec.pop("head_std", None)
+    tie = spec.pop("tie_word_embeddings", True)
 
     def build(tmp: Path) -> None:
         cfg = AutoConfig.for_model(
-            vocab_size=QWEN_VOCAB_SIZE, max_position_embeddings=4096, tie_word_embeddings=True,
+            vocab_size=QWEN_VOCAB_SIZE, max_position_embeddings=4096, tie_word_embeddings=tie,
             bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, rope_theta=10000.0, **spec,
         )
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-        if embed_std is not None:
+        if head_std is not None:
             with torch.no_grad():
-                model.get_input_embeddings().weight.normal_(0.0, embed_std)
+                model.get_output_embeddings().weight.normal_(0.0, head_std)
         model.save_pretrained(tmp)
         _copy_tokenizer(tmp)
 
-    return _atomic_dir(CHECKPOINTS / name, build)
+    return _atomic_dir(CHECKPOINTS / name, build, stamp)
 
 
 def build_vision_model(name: str) -> Path:
     from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     spec = dict(VISION_MODELS[name])
+    stamp = dict(spec)
     seed = spec.pop("seed")
 
     def build(tmp: Path) -> None:
@@ -205,7 +221,7 @@ def build_vision_model(name: str) -> Path:
         size = spec["image_size"]
         SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(tmp)
 
-    return _atomic_dir(CHECKPOINTS / name, build)
+    return _atomic_dir(CHECKPOINTS / name, build, stamp)
 
 
 def build_timm_vit(name: str = "tiny-timm-vit") -> Path:
@@ -214,25 +230,23 @@ def build_timm_vit(name: str = "tiny-timm-vit") -> Path:
     import timm
     from safetensors.torch import save_file
 
+    cfg = {
+        "architecture": "vit_tiny_patch16_224",
+        "num_classes": 0,
+        "model_args": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2},
+        "pretrained_cfg": {
+            "input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+            "interpolation": "bicubic", "crop_pct": 1.0, "num_classes": 0,
+        },
+    }
+
     def build(tmp: Path) -> None:
         torch.manual_seed(6)
-        model = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
-            embed_dim=48, depth=2, num_heads=2,
-        )
+        model = timm.create_model(cfg["architecture"], pretrained=False, num_classes=0, **cfg["model_args"])
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        cfg = {
-            "architecture": "vit_tiny_patch16_224",
-            "num_classes": 0,
-            "model_args": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2},
-            "pretrained_cfg": {
-                "input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                "interpolation": "bicubic", "crop_pct": 1.0, "num_classes": 0,
-            },
-        }
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
 
-    return _atomic_dir(CHECKPOINTS / name, build)
+    return _atomic_dir(CHECKPOINTS / name, build, cfg)
 
 
 def build_all() -> dict[str, Path]:
