@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 
 class VQAConfig(PretrainedConfig):
@@ -67,3 +67,8 @@ class VQAConfig(PretrainedConfig):
         self.attn_implementation_name = attn_implementation_name
         self.system_prompt = system_prompt
         super().__init__(**kwargs)
+
+
+# Registered so that transformers' Auto classes recognise a checkpoint directory (the tokenizer
+# saved beside our config.json is loaded with AutoTokenizer, which reads config.json first).
+AutoConfig.register(VQAConfig.model_type, VQAConfig, exist_ok=True)

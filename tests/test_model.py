@@ -247,3 +247,18 @@ def test_checkpoint_builder_rebuilds_a_directory_built_from_another_spec(tmp_pat
     (target / SPEC_FILE).unlink()  # built before specs were recorded: rebuilt
     _atomic_dir(target, build, {"hidden": 128})
     assert len(builds) == 3
+
+
+def test_loading_a_checkpoint_is_quiet(tiny, tokenizer, tmp_path, caplog):
+    """transformers' Auto classes recognise our config.json (no 'model of type ...' warning)."""
+    from transformers import AutoConfig
+
+    from model import VQAConfig, VQAModel
+
+    model = make_model(tiny, finetune="projector")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        VQAModel.from_pretrained(tmp_path)
+    assert not [r for r in caplog.records if "to instantiate a model of type" in r.getMessage()]
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VQAConfig)
