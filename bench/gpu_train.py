@@ -1,0 +1,195 @@
+"""Training throughput on one GPU with the real model shapes (random weights: there is no hub).
+
+SigLIP so400m-patch14-384 (728 image tokens: config.yaml's drop_first) + Qwen2.5-0.5B or -1.5B,
+built from their published configurations with random weights, saved to a work directory and
+loaded through the same ``VQAModel.from_bases`` path training uses. A step is what ``train.py`` runs: bf16 autocast over
+fp32 master weights of what trains, activation checkpointing (optional), forward + backward +
+AdamW. Reports samples/s, tokens/s, peak memory and model FLOPs utilisation (MFU): model FLOPs
+(no recomputation counted) per second over the GPU's dense bf16 peak.
+
+FLOPs per step, T = tokens in the batch, S = sequence length, N = decoder parameters without
+the embedding: LM forward 2NT + causal attention 2 L T S d; backward twice the forward for a
+full fine-tune, once for LoRA (activation gradients only; adapter weights are negligible); the
+LM head only at supervised positions (2 n d V forward); the frozen tower forward only.
+
+    python bench/gpu_train.py --lm 1.5b --finetune full --batch 8
+    python bench/gpu_train.py --lm 0.5b --finetune lora --batch 16
+    python bench/gpu_train.py --smoke        # tiny shapes on the CPU: checks that the script runs
+
+The tokenizer comes from ``checkpoints/qwen2.5-tokenizer`` (``tools/build_tiny_checkpoints.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+# Published configurations (config.json of the hub checkpoints), random weights here.
+VISION = {
+    "so400m": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                   image_size=384, patch_size=14),
+    "smoke": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=32, patch_size=8),
+}
+TEXT = {
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, tie_word_embeddings=True),
+    "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=True),
+}
+VOCAB = 151936
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def write_bases(work: Path, vision: str, text: str) -> tuple[Path, Path]:
+    """Random-weight base checkpoints in bf16, written once per shape."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vdir, tdir = work / f"siglip-{vision}", work / f"qwen2.5-{text}"
+    if not (vdir / "config.json").is_file():
+        cfg = SiglipVisionConfig(vision_use_head=False, **VISION[vision])
+        with torch.device(device):
+            SiglipVisionModel(cfg).to(torch.bfloat16).save_pretrained(vdir)
+        size = cfg.image_size
+        SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(vdir)
+    if not (tdir / "config.json").is_file():
+        cfg = Qwen2Config(vocab_size=VOCAB, max_position_embeddings=32768, rope_theta=1e6, **TEXT[text])
+        with torch.device(device):
+            Qwen2ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tdir)
+        tokenizer = ROOT / "checkpoints" / "qwen2.5-tokenizer"
+        if not tokenizer.is_dir():
+            sys.exit(f"error: {tokenizer} missing; run python tools/build_tiny_checkpoints.py first")
+        for f in tokenizer.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tdir / f.name)
+    return vdir, tdir
+
+
+def make_batch(model, batch: int, text_tokens: int, answer_tokens: int, device: str) -> dict[str, torch.Tensor]:
+    """``batch`` rows of [image tokens, question text, answer]; the answer (and nothing else) supervised."""
+    g = torch.Generator().manual_seed(0)
+    n_img, image_id = model.config.num_image_tokens, model.config.image_token_id
+    text = torch.randint(0, 151643, (batch, text_tokens + answer_tokens), generator=g)
+    ids = torch.cat([torch.full((batch, 1), 151644), torch.full((batch, n_img), image_id), text], dim=1)
+    labels = torch.full_like(ids, -100)
+    labels[:, -answer_tokens:] = ids[:, -answer_tokens:]
+    size = model.vision_tower.preprocessor.size
+    return {
+        "input_ids": ids.to(device), "labels": labels.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "pixel_values": torch.randn(batch, 3, size, size, generator=g).to(device),
+    }
+
+
+def model_flops(model, batch: int, seq: int, answer_tokens: int, finetune: str) -> float:
+    lm = model.causal_lm.config
+    d, L, V = lm.hidden_size, lm.num_hidden_layers, lm.vocab_size
+    decoder = sum(p.numel() for n, p in model.decoder.named_parameters() if "embed_tokens" not in n and "lora_" not in n)
+    tokens = batch * seq
+    forward = 2 * decoder * tokens + 2 * L * tokens * seq * d + 2 * batch * answer_tokens * d * V
+    backward = (2.0 if finetune == "full" else 1.0) * forward
+    vc = model.vision_tower.model.config
+    patches = model.vision_tower.num_positions
+    layers = model.vision_tower.layers_to_run
+    per_layer = 2 * (4 * vc.hidden_size ** 2 + 2 * vc.hidden_size * vc.intermediate_size)
+    vision = batch * (patches * layers * per_layer + layers * 4 * patches ** 2 * vc.hidden_size)
+    return forward + backward + vision
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lm", choices=["0.5b", "1.5b"], default="1.5b")
+    parser.add_argument("--finetune", choices=["lora", "full"], default="full")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--text-tokens", type=int, default=64, help="question tokens after the image")
+    parser.add_argument("--answer-tokens", type=int, default=128, help="supervised answer tokens")
+    parser.add_argument("--no-checkpointing", action="store_true", help="keep activations (no recomputation)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak (default: by GPU name)")
+    parser.add_argument("--work", default="/tmp/siglip-qwen-vqa-gpu-bench", help="random base checkpoints go here")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, runs anywhere (checks the script)")
+    parser.add_argument("--json", default=None, help="also write the result here")
+    args = parser.parse_args()
+
+    from model import VQAModel
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.smoke:
+        sys.exit("error: no CUDA device (use --smoke to check the script on the CPU)")
+    device = "cuda" if cuda else "cpu"
+    vision, text = ("smoke", "smoke") if args.smoke else ("so400m", args.lm)
+    vdir, tdir = write_bases(Path(args.work), vision, text)
+    # config.yaml's layout: last layer, drop_first (728 image tokens for so400m).
+    model = VQAModel.from_bases(vision_model=str(vdir), language_model=str(tdir), dtype="bfloat16")
+    lora = {"r": 16, "alpha": 32, "dropout": 0.05,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    model.configure_training(args.finetune, lora if args.finetune == "lora" else None)
+    for param in model.parameters():  # fp32 master weights of what trains, as train.py keeps them
+        if param.requires_grad:
+            param.data = param.data.float()
+    model.to(device).train()
+    if not args.no_checkpointing:
+        model.activation_checkpointing_enable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=cuda)
+    batch = make_batch(model, args.batch, args.text_tokens, args.answer_tokens, device)
+    seq = batch["input_ids"].shape[1]
+
+    def step() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    t = statistics.median(times)
+    flops = model_flops(model, args.batch, seq, args.answer_tokens, args.finetune)
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    result = {
+        "device": name, "vision": vision, "lm": text, "finetune": args.finetune, "batch": args.batch,
+        "seq_len": seq, "activation_checkpointing": not args.no_checkpointing,
+        "trainable_params": sum(p.numel() for p in params), "step_s": round(t, 4),
+        "samples_per_s": round(args.batch / t, 2), "tokens_per_s": round(args.batch * seq / t, 1),
+        "model_tflops_per_s": round(flops / t / 1e12, 2),
+        "mfu": round(flops / t / 1e12 / peak, 4) if peak else None,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }
+    print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
