@@ -323,3 +323,13 @@ def fail(message: str) -> typing.NoReturn:
     """Exit a command-line script with status 2 and one clear line on stderr, no traceback."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def run_cli(main: typing.Callable[[], int]) -> typing.NoReturn:
+    """Run a script's ``main``: its return value is the exit status; Ctrl-C exits 130 with one
+    line instead of a traceback (what a shell reports for SIGINT)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

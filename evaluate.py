@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from config import config_to_dict, fail
+from config import config_to_dict, fail, run_cli
 from infer import (
     add_generation_arguments,
     add_model_arguments,
@@ -228,8 +228,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    run_cli(main)
