@@ -408,3 +408,35 @@ def test_cli(tmp_path, capsys):
     assert rc == 0
     assert "20 training questions" in capsys.readouterr().out
     assert len(_load(tmp_path / "cli" / "raw" / "llava_eval.json")) == 10
+
+
+def test_grid_layout_one_shape_per_patch_and_heldout_never_trained_on(tmp_path):
+    # 3,000 questions need ~200 one-shape training scenes, more than the 108 the grid has: the
+    # generator must reuse training scenes, and never a held-out one.
+    info = mdd.build_demo_data(tmp_path, num_train=3000, num_eval=150, image_size=48, seed=0,
+                               num_captions=20, layout="grid")
+    doc = _load(info["scenes"])
+    assert doc["meta"]["layout"] == "grid"
+    images = Path(info["images_dir"])
+    for name, scene in doc["scenes"].items():
+        for o in scene["objects"]:
+            x0, y0, x1, y1 = o["bbox"]
+            assert (x1 - x0 + 1, y1 - y0 + 1) == (13, 13)
+            # inside one 16-px cell, in the cell column that its position names
+            assert x0 // 16 == x1 // 16 == mdd.POSITIONS.index(o["position"]) and y0 // 16 == y1 // 16
+    for r in _load(info["llava_eval"]):
+        pix = scene_from_pixels(images / r["image"], doc["meta"]["palette"], doc["meta"]["background"])
+        assert derive_answer(pix, r["question_type"], r["conversations"][0]["value"]) == r["answers"][0]
+    key = lambda name: mdd.scene_key(doc["scenes"][name])  # noqa: E731
+    train = [r["image"] for r in _load(info["llava_train"])]
+    heldout = {key(r["image"]) for r in _load(info["llava_eval"])}
+    trained = {key(n) for n in train} | {key(r["image_id"]) for r in _load(info["captions"])}
+    assert len(heldout) == info["num_eval"] and not heldout & trained
+    assert len({key(n) for n in train}) < len(train)  # training scenes were reused
+    n = Counter(len(doc["scenes"][name]["objects"]) for name in train)
+    assert set(n) == {1, 2, 3}
+
+
+def test_rejects_unknown_layout(tmp_path):
+    with pytest.raises(ValueError, match="layout"):
+        mdd.build_demo_data(tmp_path, num_train=1, num_eval=1, image_size=48, seed=0, layout="rows")

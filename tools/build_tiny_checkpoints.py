@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: tools.* imports
 CHECKPOINTS = ROOT / "checkpoints"
 
 # Qwen2.5's added tokens, in id order from 151643 (tokenizer_config.json of Qwen2.5-*-Instruct).
@@ -89,15 +90,17 @@ TEXT_MODELS = {
     # steps to learn even the answer prior; untied (input N(0, 0.02), head N(0, 0.3)) it takes ~100.
     "demo-qwen2": dict(
         model_type="qwen2", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, seed=3, tie_word_embeddings=False, head_std=0.3,
+        num_attention_heads=8, num_key_value_heads=4, seed=3, tie_word_embeddings=False, head_std=0.3,
     ),
 }
 
 VISION_MODELS = {
     "tiny-siglip": dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
                         num_hidden_layers=2, num_attention_heads=2, seed=4),
-    "demo-siglip": dict(image_size=64, patch_size=8, hidden_size=64, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=2, seed=5),
+    # 48-px images with 16-px patches: one shape per patch in the demo's grid-layout images;
+    # pretrained for a few seconds like a real SigLIP arrives pretrained (tools/pretrain_demo_tower.py)
+    "demo-siglip": dict(image_size=48, patch_size=16, hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=2, seed=5, pretrain_steps=100),
 }
 
 
@@ -213,11 +216,19 @@ def build_vision_model(name: str) -> Path:
     spec = dict(VISION_MODELS[name])
     stamp = dict(spec)
     seed = spec.pop("seed")
+    pretrain_steps = spec.pop("pretrain_steps", 0)
 
     def build(tmp: Path) -> None:
         cfg = SiglipVisionConfig(vision_use_head=False, **spec)
         torch.manual_seed(seed)
-        SiglipVisionModel(cfg).save_pretrained(tmp)
+        model = SiglipVisionModel(cfg)
+        if pretrain_steps:
+            from tools.pretrain_demo_tower import pretrain_tower
+
+            accuracy = pretrain_tower(model, steps=pretrain_steps, seed=seed)
+            print(f"{name}: pretrained {pretrain_steps} steps on synthetic shapes, "
+                  f"per-patch content accuracy {accuracy:.3f}", flush=True)
+        model.save_pretrained(tmp)
         size = spec["image_size"]
         SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(tmp)
 

@@ -4,7 +4,14 @@
 Each image shows ONE TO THREE flat shapes on a white background. The image is divided into
 three equal vertical columns (left / middle / right); every shape sits in its own column, so
 shapes never overlap and "where" always has a one-word answer. Shapes are drawn without
-anti-aliasing, so every shape pixel has exactly its palette colour.
+anti-aliasing, so every shape pixel has exactly its palette colour. Two layouts:
+
+* ``columns`` (default): shapes of varied size (17-24 % of the image side) at any height and
+  with some sideways jitter in their column;
+* ``grid``: shapes of one size, centred in the cells of a 3x3 grid (random row). The offline
+  demo uses it with 48-px images and a vision tower with 16-px patches, so that every shape lies
+  inside exactly one patch. There are only 108 one-shape grid scenes, so training images may
+  repeat; held-out images never occur in training in either layout.
 
 Vocabulary
 ----------
@@ -45,13 +52,14 @@ Files written (``--out data/demo``)
 * ``scenes.json``                       -- the scene spec of every image (for tests/debugging)
 
 Held-out images are distinct from all training and caption images (scene keys are checked).
+Training images are distinct from each other too, until new scenes become rare (see ``grid``).
 Same arguments give byte-identical files (``random.Random`` streams seeded from ``--seed``, no
 global RNG, fixed JSON formatting). Building the defaults takes a few seconds.
 
 Usage::
 
     python tools/make_demo_data.py --out data/demo --num-train 6000 --num-eval 500 \\
-        --image-size 64 --seed 0
+        --image-size 64 --seed 0 [--layout grid]
 """
 
 from __future__ import annotations
@@ -129,6 +137,7 @@ TEMPLATES: Dict[str, Tuple[str, ...]] = {
     ),
 }
 
+LAYOUTS: Tuple[str, ...] = ("columns", "grid")
 MULTI_TURN_FRACTION = 0.3  # share of training records with 2-3 turns
 NUM_VQA_ANSWERS = 10
 MIN_IMAGE_SIZE = 32
@@ -160,13 +169,25 @@ def _layout(image_size: int) -> Dict[str, Any]:
     return {"sizes": sizes, "col_w": col_w, "x_jitter": x_jitter, "margin": margin}
 
 
-def _make_object(rng: Random, image_size: int, column: int, color: str, shape: str) -> Obj:
-    lay = _layout(image_size)
-    size = rng.choice(lay["sizes"])
-    half = size // 2
-    cx = int(round((column + 0.5) * lay["col_w"])) + rng.randint(-lay["x_jitter"], lay["x_jitter"])
-    cy = rng.randint(lay["margin"] + half, image_size - 1 - lay["margin"] - half)
-    x0, y0 = cx - half, cy - half
+def _make_object(
+    rng: Random, image_size: int, column: int, color: str, shape: str, layout: str = "columns"
+) -> Obj:
+    if layout == "grid":
+        # centred in a random cell of its column: with a patch as wide as a cell, every shape
+        # lies inside exactly one patch, so a tiny random vision tower separates them quickly
+        cell = image_size // 3
+        size = (cell - 3) | 1
+        row = rng.randint(0, 2)
+        x0 = column * cell + (cell - size) // 2
+        y0 = row * cell + (cell - size) // 2
+        cx, cy = x0 + size // 2, y0 + size // 2
+    else:
+        lay = _layout(image_size)
+        size = rng.choice(lay["sizes"])
+        half = size // 2
+        cx = int(round((column + 0.5) * lay["col_w"])) + rng.randint(-lay["x_jitter"], lay["x_jitter"])
+        cy = rng.randint(lay["margin"] + half, image_size - 1 - lay["margin"] - half)
+        x0, y0 = cx - half, cy - half
     bbox = [x0, y0, x0 + size - 1, y0 + size - 1]
     # a point well inside the shape (the centroid for the upward triangle)
     inside = [cx, y0 + (2 * (size - 1)) // 3] if shape == "triangle" else [cx, cy]
@@ -180,13 +201,16 @@ def _make_object(rng: Random, image_size: int, column: int, color: str, shape: s
     }
 
 
-def random_scene(rng: Random, image_size: int, n: Optional[int] = None) -> Scene:
+def random_scene(
+    rng: Random, image_size: int, n: Optional[int] = None, layout: str = "columns"
+) -> Scene:
     """A scene of ``n`` (default: uniform 1-3) shapes in distinct columns, sorted by column."""
     if n is None:
         n = rng.randint(1, 3)
     columns = sorted(rng.sample(range(3), n))
     objects = [
-        _make_object(rng, image_size, c, rng.choice(COLORS), rng.choice(SHAPES)) for c in columns
+        _make_object(rng, image_size, c, rng.choice(COLORS), rng.choice(SHAPES), layout)
+        for c in columns
     ]
     return {"image_size": image_size, "objects": objects}
 
@@ -295,14 +319,25 @@ def _pick(rng: Random, cands: Dict[str, List[Dict[str, Any]]], qtype: str, answe
 
 
 def _targeted_scene(
-    rng: Random, image_size: int, qtype: str, answer: str, taken: set
+    rng: Random,
+    image_size: int,
+    qtype: str,
+    answer: str,
+    taken: set,
+    layout: str = "columns",
+    reserved: Optional[set] = None,
 ) -> Tuple[Scene, Dict[str, Any]]:
-    """Rejection-sample a new scene that supports a ``qtype`` question answered ``answer``."""
-    for _ in range(10000):
+    """Rejection-sample a scene that supports a ``qtype`` question answered ``answer``.
+
+    A scene not in ``taken`` is preferred. With ``reserved`` given (the held-out scenes), a
+    scene already used for training may be drawn again once new ones have become rare: the grid
+    layout has only 108 one-shape scenes, while a held-out scene is never reused.
+    """
+    for attempt in range(10000):
         n = int(answer) if qtype == "count" else None
-        scene = random_scene(rng, image_size, n)
+        scene = random_scene(rng, image_size, n, layout)
         key = scene_key(scene)
-        if key in taken:
+        if key in taken and (reserved is None or key in reserved or attempt < 200):
             continue
         cand = _pick(rng, candidate_questions(scene), qtype, answer)
         if cand is not None:
@@ -406,13 +441,19 @@ def build_demo_data(
     image_size: int = 64,
     seed: int = 0,
     num_captions: Optional[int] = None,
+    layout: str = "columns",
 ) -> Dict[str, Any]:
     """Write the demo data set under ``out_dir`` and return its paths and counts.
 
     ``num_train`` is the number of training questions (grouped into 1-3 turn records, one image
     per record), ``num_eval`` the number of held-out questions (one per record and image),
-    ``num_captions`` the number of caption images (default ``num_train // 10``).
+    ``num_captions`` the number of caption images (default ``num_train // 10``). ``layout`` is
+    ``columns`` (shapes of varied size anywhere in their column) or ``grid`` (shapes of one size
+    centred in the cells of a 3x3 grid; training images may repeat, held-out ones never occur
+    in training).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if num_train < 0 or num_eval < 0:
         raise ValueError("num_train and num_eval must be >= 0")
     if image_size < MIN_IMAGE_SIZE:
@@ -442,7 +483,7 @@ def build_demo_data(
     # --- held-out split: one question per image, balanced answers --------------------------
     eval_records = []
     for i, (qtype, answer) in enumerate(_balanced_targets(rng_eval, num_eval)):
-        scene, cand = _targeted_scene(rng_eval, image_size, qtype, answer, taken)
+        scene, cand = _targeted_scene(rng_eval, image_size, qtype, answer, taken, layout)
         name = f"demo_eval_{i:06d}.png"
         save(name, scene)
         eval_records.append(
@@ -458,6 +499,7 @@ def build_demo_data(
             }
         )
 
+    heldout = set(taken)
     # --- training split: first turn targeted (balanced), extra turns from the same image ----
     train_records = []
     targets = _balanced_targets(rng_train, num_train)  # an upper bound on records needed
@@ -467,7 +509,9 @@ def build_demo_data(
         qtype, answer = targets[i]
         k = 1 if rng_train.random() >= MULTI_TURN_FRACTION else rng_train.randint(2, 3)
         k = min(k, num_train - made)
-        scene, cand = _targeted_scene(rng_train, image_size, qtype, answer, taken)
+        scene, cand = _targeted_scene(
+            rng_train, image_size, qtype, answer, taken, layout, reserved=heldout
+        )
         cands = candidate_questions(scene)
         turns = [(qtype, cand)]
         asked = {qtype}
@@ -493,11 +537,13 @@ def build_demo_data(
     # --- Chinese caption subset (AI Challenger raw format) ----------------------------------
     caption_records = []
     for _ in range(num_captions):
-        while True:
-            scene = random_scene(rng_cap, image_size)
+        for _attempt in range(10000):
+            scene = random_scene(rng_cap, image_size, layout=layout)
             if scene_key(scene) not in taken:
                 taken.add(scene_key(scene))
                 break
+        else:
+            raise ValueError(f"no unused {layout} scenes left for {num_captions} caption images")
         data = png_bytes(render(scene))
         name = hashlib.sha1(data).hexdigest() + ".png"
         (images_dir / name).write_bytes(data)
@@ -531,6 +577,7 @@ def build_demo_data(
     meta = {
         "seed": seed,
         "image_size": image_size,
+        "layout": layout,
         "background": list(BACKGROUND),
         "palette": {k: list(v) for k, v in PALETTE.items()},
         "shapes": list(SHAPES),
@@ -565,11 +612,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="images with Chinese captions (default: num-train // 10)",
     )
     ap.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
+    ap.add_argument(
+        "--layout", choices=LAYOUTS, default="columns",
+        help="columns: shapes of varied size anywhere in their column; grid: one size, centred in "
+        "the cells of a 3x3 grid (the demo: one shape per 16-px patch of a 48-px image)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     info = build_demo_data(
-        args.out, args.num_train, args.num_eval, args.image_size, args.seed, args.num_captions
+        args.out, args.num_train, args.num_eval, args.image_size, args.seed, args.num_captions,
+        args.layout,
     )
     dt = time.perf_counter() - t0
     print(
