@@ -231,3 +231,25 @@ def test_deepspeed_trains_on_two_cpu_processes(tiny, merged, tmp_path, zero):
     model = VQAModel.from_pretrained(out / "checkpoint-4")
     assert model.config.finetune == "lora"
     assert len(losses(out)) == 4
+
+
+def test_cpu_runs_keep_freed_vocabulary_sized_blocks_in_the_heap():
+    # glibc's mallinfo2 reports the free bytes held in the heap (fordblks) and the bytes in mmapped
+    # blocks (hblkhd). A 64 MB tensor freed after keep_freed_memory must stay in the heap; by
+    # default glibc mmaps it and returns it to the kernel. Own process: mallopt is process-wide.
+    script = """
+import ctypes, torch, train
+from config import TrainSettings
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = MallInfo2
+def probe():
+    x = torch.empty(16 * 2**20); mapped = libc.mallinfo2().hblkhd; del x
+    return mapped, libc.mallinfo2().fordblks
+before = probe()
+applied = train.keep_freed_memory(TrainSettings(use_cpu=True))
+print(before[0] >= 2**26, applied, probe()[1] >= 2**26)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, capture_output=True, text=True)
+    assert out.stdout.split()[-3:] == ["True", "True", "True"], out.stdout + out.stderr
