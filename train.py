@@ -27,6 +27,7 @@ from config import Config, TrainSettings, add_config_arguments, config_from_args
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last, after weights and optimizer
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc mallopt parameters (<malloc.h>)
 
 
 # -- CPU runs -----------------------------------------------------------------------------------
@@ -47,8 +48,7 @@ def keep_freed_memory(t: TrainSettings) -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 # -- checks before any work -----------------------------------------------------------------

@@ -25,8 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench.train_step import make_batch, step_fn  # noqa: E402
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # <malloc.h>
+from train import M_MMAP_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory  # noqa: E402
 
 
 def glibc_defaults(libc) -> None:
@@ -48,7 +47,6 @@ def main() -> None:
     from model import VQAModel
     from qwen import load_tokenizer
     from tools.build_tiny_checkpoints import build_all
-    from train import keep_freed_memory
 
     libc = ctypes.CDLL("libc.so.6")
     paths = build_all()

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from random import Random
 
-import numpy as np
 import torch
 from torch import nn
 
 from tools.make_demo_data import COLORS, SHAPES, random_scene, render
+from visual.preprocess import ImagePreprocessor
 
 BACKGROUND_CLASS = len(COLORS) * len(SHAPES)  # 12: a patch showing no shape
 
@@ -38,11 +38,11 @@ def patch_targets(scene: dict, grid: int = 3) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _batch(rng: Random, image_size: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    preprocess = ImagePreprocessor(size=image_size)  # what the VQA model feeds the tower (SigLIP's mean/std)
     pixels, contents, positions = [], [], []
     for _ in range(n):
         scene = random_scene(rng, image_size, layout="grid")
-        array = np.asarray(render(scene), dtype=np.float32) / 127.5 - 1.0  # SigLIP: mean 0.5, std 0.5
-        pixels.append(torch.from_numpy(array).permute(2, 0, 1))
+        pixels.append(preprocess(render(scene)))
         content, position = patch_targets(scene)
         contents.append(content)
         positions.append(position)
@@ -72,15 +72,17 @@ def pretrain_tower(model: nn.Module, steps: int = 100, batch_size: int = 32, lr:
     # arithmetic made the same 300 steps take 230 s instead of 20 s; flushing them is harmless here.
     torch.set_flush_denormal(True)
     model.train()
-    for _ in range(steps):
-        pixels, content, position = _batch(rng, cfg.image_size, batch_size)
-        hidden = features(pixels)
-        loss = nn.functional.cross_entropy(content_head(hidden).flatten(0, 1), content.flatten())
-        loss = loss + nn.functional.cross_entropy(position_head(hidden).flatten(0, 1), position.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    torch.set_flush_denormal(False)
+    try:
+        for _ in range(steps):
+            pixels, content, position = _batch(rng, cfg.image_size, batch_size)
+            hidden = features(pixels)
+            loss = nn.functional.cross_entropy(content_head(hidden).flatten(0, 1), content.flatten())
+            loss = loss + nn.functional.cross_entropy(position_head(hidden).flatten(0, 1), position.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_flush_denormal(False)
     model.eval()
     pixels, content, _ = _batch(rng, cfg.image_size, 256)
     with torch.no_grad():
