@@ -180,6 +180,8 @@ def build_model(cfg: Config):
     if finetune == "lora":
         lora = {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout, "target_modules": t.lora.target_modules}
     model.configure_training(finetune, lora, train_embeddings=t.train_embeddings)
+    if t.torch_compile:
+        model.compile_layers()
     # Master weights of what trains stay fp32; bf16 compute comes from autocast (or DeepSpeed).
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
@@ -239,7 +241,9 @@ def make_trainer_class():
 
                     self.optimizer = DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
                 else:
-                    self.optimizer = torch.optim.AdamW(groups, **kwargs)
+                    # On a GPU, AdamW's fused kernel: one launch over all tensors of a group.
+                    fused = not self.args.use_cpu and torch.cuda.is_available()
+                    self.optimizer = torch.optim.AdamW(groups, fused=fused or None, **kwargs)
             return self.optimizer
 
         def _get_train_sampler(self, train_dataset=None):

@@ -111,6 +111,44 @@ def model_flops(model, batch: int, seq: int, answer_tokens: int, finetune: str) 
     return forward + backward + vision
 
 
+KERNEL_KINDS = (  # substrings of CUDA kernel names -> what they do
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "wgmma")),
+    ("attention", ("flash", "fmha", "attention", "attn")),
+    ("optimizer", ("adam", "multi_tensor")),
+    ("cross-entropy", ("softmax", "nll", "log_softmax", "cross_entropy")),
+    ("copy/cast", ("copy", "cast", "convert", "to_copy")),
+)
+
+
+def profile(step, sync, steps: int = 3) -> None:
+    """Self GPU time of every kernel over ``steps`` steps, grouped by kind, and how much of the
+    wall time the GPU was busy (the rest is the host launching work, or waiting)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        wall = time.perf_counter() - start
+    # Kernels only: ranges such as "Optimizer.step#AdamW.step" also carry device time (of the
+    # kernels inside them), and counting them would count those kernels twice.
+    kernels = [e for e in prof.key_averages()
+               if e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", False) and "#" not in e.key]
+    total = sum(e.self_device_time_total for e in kernels) / 1e6
+    kinds: dict[str, float] = {}
+    for e in kernels:
+        name = e.key.lower()
+        kind = next((k for k, subs in KERNEL_KINDS if any(s in name for s in subs)), "elementwise/other")
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_device_time_total / 1e6
+    print(f"profile: {steps} steps, wall {wall:.3f} s, GPU kernels {total:.3f} s ({100 * total / wall:.0f}% busy)")
+    for kind, seconds in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:18s} {seconds / steps * 1e3:8.1f} ms/step  {100 * seconds / total:5.1f}%")
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:25]:
+        print(f"  {e.self_device_time_total / steps / 1e3:8.2f} ms/step  x{e.count // steps:<5d} {e.key[:110]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lm", choices=["0.5b", "1.5b"], default="1.5b")
@@ -120,12 +158,17 @@ def main() -> int:
     parser.add_argument("--answer-tokens", type=int, default=128, help="supervised answer tokens")
     parser.add_argument("--no-checkpointing", action="store_true", help="keep activations (no recomputation)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    parser.add_argument("--accum", type=int, default=1, help="micro-batches of --batch per optimizer step")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak (default: by GPU name)")
     parser.add_argument("--work", default="/tmp/siglip-qwen-vqa-gpu-bench", help="random base checkpoints go here")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, runs anywhere (checks the script)")
     parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each decoder and tower layer")
+    parser.add_argument("--profile", action="store_true", help="print where the GPU time of 3 steps goes")
     args = parser.parse_args()
 
+    if args.profile and not torch.cuda.is_available():
+        parser.error("--profile measures CUDA kernels; it needs a GPU")
     from model import VQAModel
 
     cuda = torch.cuda.is_available()
@@ -145,15 +188,18 @@ def main() -> int:
     model.to(device).train()
     if not args.no_checkpointing:
         model.activation_checkpointing_enable()
+    if args.compile:
+        model.compile_layers()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=cuda)
     batch = make_batch(model, args.batch, args.text_tokens, args.answer_tokens, device)
     seq = batch["input_ids"].shape[1]
 
     def step() -> None:
-        with torch.autocast(device, dtype=torch.bfloat16):
-            loss = model(**batch).loss
-        loss.backward()
+        for _ in range(args.accum):
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss = model(**batch).loss
+            (loss / args.accum).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -173,14 +219,18 @@ def main() -> int:
         sync()
         times.append(time.perf_counter() - start)
     t = statistics.median(times)
-    flops = model_flops(model, args.batch, seq, args.answer_tokens, args.finetune)
+    if args.profile:
+        profile(step, sync)
+    flops = args.accum * model_flops(model, args.batch, seq, args.answer_tokens, args.finetune)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     result = {
-        "device": name, "vision": vision, "lm": text, "finetune": args.finetune, "batch": args.batch,
+        "device": name, "vision": vision, "lm": text, "finetune": args.finetune, "batch": args.batch, "accum": args.accum,
+        "compiled": args.compile,
         "seq_len": seq, "activation_checkpointing": not args.no_checkpointing,
         "trainable_params": sum(p.numel() for p in params), "step_s": round(t, 4),
-        "samples_per_s": round(args.batch / t, 2), "tokens_per_s": round(args.batch * seq / t, 1),
+        "samples_per_s": round(args.accum * args.batch / t, 2),
+        "tokens_per_s": round(args.accum * args.batch * seq / t, 1),
         "model_tflops_per_s": round(flops / t / 1e12, 2),
         "mfu": round(flops / t / 1e12 / peak, 4) if peak else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,

@@ -167,6 +167,16 @@ class VQAModel(PreTrainedModel):
         self.vision_tower.requires_grad_(self.vision_tower.trainable)
         self.vision_tower.train(self.training)
 
+    def compile_layers(self, **options) -> None:
+        """``torch.compile`` each transformer layer of the LM and of the tower, one graph per
+        layer: Inductor fuses the norms, activations and bf16 casts between the matmuls, which
+        in eager mode took half of a GPU step (bench/RESULTS.md). Layer by layer rather than the
+        whole model, so the image splice, the supervised-position gather and the batches' varying
+        lengths stay outside the graphs (no graph breaks; a new length recompiles one small graph
+        once, then dynamic shapes take over). ``options`` go to ``torch.compile``."""
+        for layer in [*self.decoder.layers, *self.vision_tower.blocks()]:
+            layer.compile(**options)
+
     # -- submodules ------------------------------------------------------------------------
 
     @property
@@ -224,6 +234,8 @@ class VQAModel(PreTrainedModel):
         ``logits`` is ``[batch, seq, vocab]`` for the last ``logits_to_keep`` positions (0: all)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values)
+        if labels is not None and use_cache is None:
+            use_cache = False  # a training step must not build a KV cache (the LM's default is True)
         outputs = self.decoder(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -262,3 +262,53 @@ def test_loading_a_checkpoint_is_quiet(tiny, tokenizer, tmp_path, caplog):
         VQAModel.from_pretrained(tmp_path)
     assert not [r for r in caplog.records if "to instantiate a model of type" in r.getMessage()]
     assert isinstance(AutoConfig.from_pretrained(tmp_path), VQAConfig)
+
+
+def _loss_and_grads(model, tokenizer):
+    renderer = PromptRenderer(tokenizer, model.config.num_image_tokens)
+    conv = [{"role": "user", "content": "<|extra_0|>\nWhat colour is it?"}, {"role": "assistant", "content": "red"}]
+    r = renderer.render(record_messages(conv, system_prompt=""))
+    ids, labels = torch.tensor([r.input_ids] * 2), torch.tensor([r.labels] * 2)
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    out = model(input_ids=ids, pixel_values=pixels, labels=labels)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_compiled_layers_trace_whole_and_match_eager(tiny, tokenizer):
+    """compile_layers: every LM and tower layer becomes one graph (fullgraph: a graph break is an
+    error) and the loss and gradients equal eager ones. The "eager" backend runs Dynamo's tracing
+    without Inductor's code generation, which takes minutes on a small CPU."""
+    torch._dynamo.reset()
+    eager = make_model(tiny, finetune="lora", lora=LORA)
+    compiled = make_model(tiny, finetune="lora", lora=LORA)
+    for model in (eager, compiled):
+        model.train()
+        model.activation_checkpointing_enable()
+    compiled.compile_layers(backend="eager", fullgraph=True)
+    layers = [*compiled.decoder.layers, *compiled.vision_tower.blocks()]
+    assert len(layers) == compiled.text_config.num_hidden_layers + compiled.vision_tower.layers_to_run
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    out_e, grads_e = _loss_and_grads(eager, tokenizer)
+    out_c, grads_c = _loss_and_grads(compiled, tokenizer)
+    torch.testing.assert_close(out_c.loss, out_e.loss, atol=1e-6, rtol=0)
+    assert grads_c.keys() == grads_e.keys() and any(g.abs().sum() > 0 for g in grads_c.values())
+    for name, grad in grads_e.items():
+        torch.testing.assert_close(grads_c[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    # A training forward builds no KV cache (the LM's default would).
+    assert out_c.past_key_values is None and out_e.past_key_values is None
+    torch._dynamo.reset()
+
+
+def test_tower_blocks_are_the_layers_it_runs(tiny):
+    """blocks() is what compile_layers compiles: exactly the layers up to the feature layer."""
+    from model import VQAModel
+
+    siglip = make_model(tiny, vision_feature_layer=-2).vision_tower
+    layers = siglip.model.encoder.layers
+    assert [id(b) for b in siglip.blocks()] == [id(layer) for layer in layers[: len(layers) - 1]]
+    timm = VQAModel.from_bases(
+        vision_model=str(tiny["tiny-timm-vit"]), vision_backend="timm", language_model=str(tiny["tiny-qwen2"]),
+        vision_feature_layer=-2,
+    ).vision_tower
+    assert [id(b) for b in timm.blocks()] == [id(b) for b in timm.model.blocks[: len(timm.model.blocks) - 1]]

@@ -66,6 +66,10 @@ class VisionTower(nn.Module):
     def hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def blocks(self) -> list[nn.Module]:
+        """The transformer layers that ``hidden_state`` runs, in order."""
+        raise NotImplementedError
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.trainable and torch.is_grad_enabled():
             hidden = self.hidden_state(pixel_values)
@@ -96,9 +100,12 @@ class SiglipTower(VisionTower):
 
     def hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.model.embeddings(pixel_values.to(self.model.embeddings.patch_embedding.weight.dtype))
-        for layer in self.model.encoder.layers[: self.layers_to_run]:
+        for layer in self.blocks():
             hidden = layer(hidden, None)
         return hidden
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.encoder.layers[: self.layers_to_run])
 
 
 def _siglip_preprocessor(name_or_path: str, image_size: int) -> ImagePreprocessor:
@@ -151,6 +158,9 @@ class TimmTower(VisionTower):
             return_prefix_tokens=True, output_fmt="NLC", intermediates_only=True, stop_early=True,
         )[0]
         return torch.cat([prefix, patches], dim=1) if prefix is not None else patches
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks[: self.block_index + 1])
 
 
 def build_vision_tower(backend: str, name_or_path: str, feature_layer: int, feature_select: str,
