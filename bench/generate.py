@@ -123,7 +123,7 @@ def main() -> int:
     rows = {}
     for batch in args.batch_sizes:
         questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(batch)]
-        ids, mask = _prompts(predictor, questions)
+        ids, mask = predictor.prompt_batch(questions)
         pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
         a, b = ours(ids, mask, pixels), theirs(ids, mask, pixels)  # warm-up, and the same tokens?
         assert all(len(seq) == n for seq in a) and all(len(seq) == n for seq in b)
@@ -147,18 +147,6 @@ def main() -> int:
     load_after = os.getloadavg()
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
     return 0
-
-
-def _prompts(predictor, questions):
-    """Left-padded prompt ids and mask exactly as Predictor.prepare builds them (no image files needed)."""
-    rows = [predictor.prompt_ids(q) for q in questions]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), predictor.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
 
 
 if __name__ == "__main__":

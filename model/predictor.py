@@ -84,10 +84,9 @@ class Predictor:
     def prompt_ids(self, question: str) -> list[int]:
         return self.renderer.render(question_messages(question, self.system_prompt), add_generation_prompt=True).input_ids
 
-    def prepare(self, images: list[str | Path | Image.Image], questions: list[str]):
-        """Left-padded ``input_ids``/``attention_mask`` and stacked ``pixel_values``."""
-        if len(images) != len(questions):
-            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+    def prompt_batch(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``input_ids`` and ``attention_mask`` (on the CPU): generation appends
+        new tokens on the right, so every row's prompt must end in the last column."""
         rows = [self.prompt_ids(q) for q in questions]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -95,6 +94,13 @@ class Predictor:
         for i, row in enumerate(rows):
             ids[i, width - len(row):] = torch.tensor(row)
             mask[i, width - len(row):] = 1
+        return ids, mask
+
+    def prepare(self, images: list[str | Path | Image.Image], questions: list[str]):
+        """Left-padded ``input_ids``/``attention_mask`` and stacked ``pixel_values``."""
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        ids, mask = self.prompt_batch(questions)
         pixels = torch.stack([self.preprocess(image) for image in images])
         return ids.to(self.device), mask.to(self.device), pixels.to(self.device)
 

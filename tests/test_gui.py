@@ -17,9 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from PIL import Image
 from gui_controller import BackendError, Controller, LocalBackend, ServerBackend
 from model.generation import SamplingSettings
 from tests.conftest import ROOT, make_model
+from tests.fake_openai import FakeOpenAI
 
 ANSWER = "the big red square is left of the small blue circle"
 QUESTIONS = ["What colour is the square?", "What is in the picture?", "Describe the image.", "Where is the circle?"]
@@ -125,74 +124,12 @@ def poll_until(controller: Controller, predicate, timeout=30.0):
     raise AssertionError(f"timed out; status {controller.status!r}, history {controller.history}")
 
 
-class FakeOpenAI:
-    """An OpenAI-compatible server on localhost: /v1/models and /v1/chat/completions (SSE or not)."""
-
-    def __init__(self, answer=ANSWER, delay=0.0, fail_with: int | None = None) -> None:
-        self.answer, self.delay, self.fail_with = answer, delay, fail_with
-        self.requests: list[dict] = []
-        self.closed_early = threading.Event()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _json(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                if self.path == "/v1/models":
-                    self._json(200, {"object": "list", "data": [{"id": "tiny-vqa", "object": "model"}]})
-                else:
-                    self._json(404, {"error": {"message": "not found"}})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append(body)
-                if fake.fail_with:
-                    self._json(fake.fail_with, {"error": {"message": "model exploded"}})
-                    return
-                words = fake.answer.split(" ")
-                if not body.get("stream"):
-                    self._json(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": fake.answer}}]})
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                try:
-                    for i, word in enumerate(words):
-                        piece = word if i == 0 else " " + word
-                        chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
-                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                        self.wfile.flush()
-                        time.sleep(fake.delay)
-                    self.wfile.write(b"data: [DONE]\n\n")
-                except (BrokenPipeError, ConnectionResetError):
-                    fake.closed_early.set()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-
 @pytest.fixture
 def fake_server():
     servers = []
 
     def start(**kwargs) -> FakeOpenAI:
-        servers.append(FakeOpenAI(**kwargs))
+        servers.append(FakeOpenAI(ANSWER, **kwargs))
         return servers[-1]
 
     yield start

@@ -14,8 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,6 +24,7 @@ from PIL import Image
 import infer
 from model.generation import SamplingSettings
 from tests.conftest import ROOT, make_model
+from tests.fake_openai import FakeOpenAI
 
 QUESTION = "What colour is it?"
 MAX_NEW_TOKENS = 8
@@ -265,99 +264,62 @@ def test_export_directory_answers_like_the_checkpoint(predictor, trained, tokeni
         assert capsys.readouterr().out == expected[1].text + "\n"
 
 
-# -- an OpenAI-compatible server -------------------------------------------------------------------
+# -- an OpenAI-compatible server (tests/fake_openai.py) --------------------------------------------
 
 
-class FakeOpenAI(BaseHTTPRequestHandler):
-    """Checks each request's shape and answers "<colour of the image's first pixel> (<question>)"."""
+def first_pixel_answer(body: dict) -> str:
+    """Checks the request's shape and answers "<colour of the image's first pixel> (<question>)"."""
+    (message,) = body["messages"]
+    image_part, text_part = message["content"]
+    assert message["role"] == "user" and image_part["type"] == "image_url" and text_part["type"] == "text"
+    prefix = "data:image/png;base64,"
+    assert image_part["image_url"]["url"].startswith(prefix)
+    image = Image.open(io.BytesIO(base64.b64decode(image_part["image_url"]["url"][len(prefix):])))
+    assert image.format == "PNG" and image.mode == "RGB"
+    return f"{'red' if image.getpixel((0, 0))[0] > 128 else 'blue'} ({text_part['text']})"
 
-    requests: list = []
-    ignore_stream = False  # answer streamed requests with one JSON completion, like some servers
 
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _json(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        if self.path == "/v1/models":
-            return self._json(200, {"object": "list", "data": [{"id": "listed-model", "object": "model"}]})
-        self._json(404, {"error": {"message": "not found"}})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, body))
-        assert self.path == "/v1/chat/completions"
-        (message,) = body["messages"]
-        image_part, text_part = message["content"]
-        assert message["role"] == "user" and image_part["type"] == "image_url" and text_part["type"] == "text"
-        prefix = "data:image/png;base64,"
-        assert image_part["image_url"]["url"].startswith(prefix)
-        image = Image.open(io.BytesIO(base64.b64decode(image_part["image_url"]["url"][len(prefix):])))
-        assert image.format == "PNG" and image.mode == "RGB"
-        answer = f"{'red' if image.getpixel((0, 0))[0] > 128 else 'blue'} ({text_part['text']})"
-        if body.get("stream") and not type(self).ignore_stream:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            for piece in [" "] + [answer[i:i + 3] for i in range(0, len(answer), 3)] + ["\n"]:
-                chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.flush()
-            self.wfile.write(b"data: [DONE]\n\n")
-            return
-        logprobs = {"content": [{"token": "x", "logprob": -0.5}, {"token": "y", "logprob": -1.5}]}
-        self._json(200, {"object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": answer}, "logprobs": logprobs,
-             "finish_reason": "stop"}]})
+def padded_pieces(answer: str) -> list[str]:
+    """Three characters a chunk, with whitespace around the answer that the client must strip."""
+    return [" "] + [answer[i:i + 3] for i in range(0, len(answer), 3)] + ["\n"]
 
 
 @pytest.fixture
 def fake_server():
-    FakeOpenAI.requests = []
-    FakeOpenAI.ignore_stream = False
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = FakeOpenAI(first_pixel_answer, model_id="listed-model", pieces=padded_pieces)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def test_server_mode_sends_the_image_and_question(fake_server, trained, tmp_path, capsys):
     from visual.preprocess import load_image
 
-    assert infer.main(["--server", fake_server, "--model", "vqa", "--image", str(trained.red),
+    assert infer.main(["--server", fake_server.url, "--model", "vqa", "--image", str(trained.red),
                        "--question", QUESTION, "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out == f"red ({QUESTION})\n"
-    (path, body), = FakeOpenAI.requests
+    body, = fake_server.requests
     assert body["model"] == "vqa" and body["temperature"] == 0 and body["max_tokens"] == 5 and body["stream"]
     sent = Image.open(io.BytesIO(base64.b64decode(body["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)[1])))
-    assert list(sent.getdata()) == list(load_image(trained.red).getdata())  # the image itself, losslessly
+    original = load_image(trained.red)
+    assert (sent.mode, sent.size, sent.tobytes()) == (original.mode, original.size, original.tobytes())  # losslessly
 
-    FakeOpenAI.requests = []
+    fake_server.requests.clear()
     out = tmp_path / "remote.jsonl"
-    assert infer.main(["--server", fake_server + "/v1", "--images", str(trained.images), "--question", QUESTION,
+    assert infer.main(["--server", fake_server.url + "/v1", "--images", str(trained.images), "--question", QUESTION,
                        "--output", str(out), "--review-threshold", "-0.9"]) == 0
     lines = {Path(line["image"]).name: line for line in read_jsonl(out)}
     assert lines["red.png"]["answer"] == f"red ({QUESTION})" and lines["blue.png"]["answer"] == f"blue ({QUESTION})"
     assert lines["red.png"]["confidence"] == -1.0 and lines["red.png"]["review"] is True
     assert "error" in lines["broken.png"]
-    bodies = [b for _, b in FakeOpenAI.requests]
+    bodies = fake_server.requests
     assert len(bodies) == 3 and all(b["model"] == "listed-model" and not b["stream"] for b in bodies)
 
     from model.remote import RemotePredictor
 
-    FakeOpenAI.ignore_stream = True  # a server that does not stream: the whole answer as one piece
-    assert list(RemotePredictor(fake_server, "m").stream(trained.blue, "Q?")) == ["blue (Q?)"]
+    fake_server.ignore_stream = True  # a server that does not stream: the whole answer as one piece
+    assert list(RemotePredictor(fake_server.url, "m").stream(trained.blue, "Q?")) == ["blue (Q?)"]
 
 
 def test_unreachable_server_is_one_line(trained, capsys):
