@@ -13,8 +13,11 @@ full fine-tune, once for LoRA (activation gradients only; adapter weights are ne
 LM head only at supervised positions (2 n d V forward); the frozen tower forward only.
 
     python bench/gpu_train.py --lm 1.5b --finetune full --batch 8
+    python bench/gpu_train.py --lm 1.5b --finetune full --batch 12 --compile --no-checkpointing
     python bench/gpu_train.py --lm 0.5b --finetune lora --batch 16
-    python bench/gpu_train.py --smoke        # tiny shapes on the CPU: checks that the script runs
+    python bench/gpu_train.py --smoke --batch 2 --answer-tokens 8 --steps 1   # CPU, ~20 s: the script runs
+
+bf16 autocast on a CPU without bf16 units is slow: ``--smoke`` with the default batch takes minutes.
 
 The tokenizer comes from ``checkpoints/qwen2.5-tokenizer`` (``tools/build_tiny_checkpoints.py``).
 """
