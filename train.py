@@ -242,8 +242,8 @@ def make_trainer_class():
                     self.optimizer = DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
                 else:
                     # On a GPU, AdamW's fused kernel: one launch over all tensors of a group.
-                    fused = not self.args.use_cpu and torch.cuda.is_available()
-                    self.optimizer = torch.optim.AdamW(groups, fused=fused or None, **kwargs)
+                    fused = self.args.device.type == "cuda" or None
+                    self.optimizer = torch.optim.AdamW(groups, fused=fused, **kwargs)
             return self.optimizer
 
         def _get_train_sampler(self, train_dataset=None):

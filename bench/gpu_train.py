@@ -170,11 +170,11 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="print where the GPU time of 3 steps goes")
     args = parser.parse_args()
 
-    if args.profile and not torch.cuda.is_available():
-        parser.error("--profile measures CUDA kernels; it needs a GPU")
     from model import VQAModel
 
     cuda = torch.cuda.is_available()
+    if args.profile and not cuda:
+        parser.error("--profile measures CUDA kernels; it needs a GPU")
     if not cuda and not args.smoke:
         sys.exit("error: no CUDA device (use --smoke to check the script on the CPU)")
     device = "cuda" if cuda else "cpu"
