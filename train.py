@@ -170,16 +170,20 @@ def build_model(cfg: Config):
         projector_init_std=m.projector_init_std, dtype=m.dtype, attn_implementation=m.attn_implementation,
         system_prompt=m.system_prompt, train_vision_tower=t.train_vision_tower,
     )
-    if t.init_from:
-        from model.predictor import resolve_checkpoint
-
-        # A pretrain-stage checkpoint: start SFT from its projector.
-        model.load_trained_weights(resolve_checkpoint(t.init_from) / "model.safetensors", only_prefix="multi_modal_projector.")
     finetune = "projector" if t.stage == "pretrain" else t.finetune
     lora = None
     if finetune == "lora":
         lora = {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout, "target_modules": t.lora.target_modules}
     model.configure_training(finetune, lora, train_embeddings=t.train_embeddings)
+    if t.init_from:
+        from model.predictor import resolve_checkpoint
+
+        # An earlier stage's weights (after LoRA wrapping, so its adapters find their names):
+        # a pretrain checkpoint's projector, or an sft checkpoint's projector and LM.
+        try:
+            model.load_trained_weights(resolve_checkpoint(t.init_from) / "model.safetensors", partial=True)
+        except ValueError as exc:
+            fail(f"train.init_from: {exc}")
     if t.torch_compile:
         model.compile_layers()
     # Master weights of what trains stay fp32; bf16 compute comes from autocast (or DeepSpeed).
@@ -191,9 +195,12 @@ def build_model(cfg: Config):
 
 def param_groups(model, t: TrainSettings) -> list[dict]:
     """Separate learning rates for the projector, the language model and the vision tower."""
+    def own(rate: float | None) -> float:
+        return t.learning_rate if rate is None else rate  # 0 is a rate (frozen by schedule), not "unset"
+
     lrs = {
-        "multi_modal_projector.": t.projector_learning_rate or t.learning_rate,
-        "vision_tower.": t.vision_learning_rate or t.learning_rate,
+        "multi_modal_projector.": own(t.projector_learning_rate),
+        "vision_tower.": own(t.vision_learning_rate),
         "language_model.": t.learning_rate,
     }
     groups: dict[str, dict] = {}

@@ -341,25 +341,20 @@ class VQAModel(PreTrainedModel):
         # tower's eval mode); the Trainer switches to train mode itself.
         return model.eval()
 
-    def load_trained_weights(self, weights_file: str | os.PathLike, only_prefix: str | None = None) -> None:
-        """Load a checkpoint's trained weights; all of them must be present (or, with
-        ``only_prefix``, only those under that prefix are taken, e.g. a pretrain projector)."""
+    def load_trained_weights(self, weights_file: str | os.PathLike, partial: bool = False) -> None:
+        """Load a checkpoint's trained weights. A checkpoint of this configuration must hold all
+        of them; with ``partial`` it may hold a subset: a run that starts from an earlier stage
+        (a pretrain projector, or an sft run on other data) takes what that stage trained and
+        initialises the rest as usual. Either way, a weight this model lacks is an error, so a
+        checkpoint of another layout (LoRA vs full) is never half-loaded by name mismatch."""
         state = load_file(str(weights_file))
         own = self.state_dict()
-        if only_prefix is not None:
-            state = {k: v for k, v in state.items() if k.startswith(only_prefix)}
-            if not state:
-                raise ValueError(f"{weights_file}: holds no {only_prefix}* weights")
-            with torch.no_grad():
-                for key, value in state.items():
-                    own[key].copy_(value)
-            return
         unexpected = [k for k in state if k not in own]
         if unexpected:
             raise ValueError(f"{weights_file}: weights that this model does not have: {unexpected[:5]}")
         expected = {k for k in own if self.trained_key(k)}
         missing = sorted(expected - set(state) - self._tied_duplicates(own))
-        if missing:
+        if missing and not partial:
             raise ValueError(f"{weights_file}: incomplete checkpoint, missing {len(missing)} weights: {missing[:5]}")
         with torch.no_grad():
             for key, value in state.items():

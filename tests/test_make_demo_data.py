@@ -440,3 +440,50 @@ def test_grid_layout_one_shape_per_patch_and_heldout_never_trained_on(tmp_path):
 def test_rejects_unknown_layout(tmp_path):
     with pytest.raises(ValueError, match="layout"):
         mdd.build_demo_data(tmp_path, num_train=1, num_eval=1, image_size=48, seed=0, layout="rows")
+
+
+def _question_type(question: str) -> str:
+    """The type of a question, from the template it was written with."""
+    for qtype, templates in mdd.TEMPLATES.items():
+        for template in templates:
+            pattern = re.escape(template).replace(r"\{color\}", r"\w+").replace(r"\{shape\}", r"\w+")
+            if re.fullmatch(pattern, question):
+                return qtype
+    raise AssertionError(f"no template matches {question!r}")
+
+
+def test_train_weights_change_the_training_mix_only(tmp_path):
+    plain = mdd.build_demo_data(tmp_path / "plain", num_train=700, num_eval=50, image_size=48, seed=0,
+                                num_captions=5, layout="grid")
+    weighted = mdd.build_demo_data(tmp_path / "weighted", num_train=700, num_eval=50, image_size=48, seed=0,
+                                   num_captions=5, layout="grid", train_weights={"position": 3})
+
+    def first_types(info):
+        records = _load(info["llava_train"])
+        return Counter(_question_type(r["conversations"][0]["value"].removeprefix("<image>\n")) for r in records)
+
+    even, heavy = first_types(plain), first_types(weighted)
+    # equal weights: one fifth each (within the records' rounding); position=3: 3 of 7 parts
+    assert max(even.values()) - min(even.values()) <= 0.05 * sum(even.values())
+    assert abs(heavy["position"] / sum(heavy.values()) - 3 / 7) < 0.03
+    # the held-out split does not depend on the training mix
+    assert Path(plain["llava_eval"]).read_bytes() == Path(weighted["llava_eval"]).read_bytes()
+
+
+@pytest.mark.parametrize("weights, message", [({"colour": 2}, "unknown question type 'colour'"),
+                                              ({"position": 0}, "must be > 0")])
+def test_rejects_bad_train_weights(tmp_path, weights, message):
+    with pytest.raises(ValueError, match=message):
+        mdd.build_demo_data(tmp_path, num_train=5, num_eval=5, image_size=48, seed=0, layout="grid",
+                            train_weights=weights)
+
+
+def test_cli_train_weight(tmp_path, capsys):
+    assert mdd.main(["--out", str(tmp_path / "a"), "--num-train", "70", "--num-eval", "5", "--image-size", "48",
+                     "--layout", "grid", "--train-weight", "position=6"]) == 0
+    records = _load(tmp_path / "a" / "raw" / "llava_train.json")
+    firsts = Counter(_question_type(r["conversations"][0]["value"].removeprefix("<image>\n")) for r in records)
+    assert firsts.most_common(1)[0][0] == "position"
+    with pytest.raises(SystemExit):
+        mdd.main(["--out", str(tmp_path / "b"), "--train-weight", "position"])
+    assert "expects TYPE=NUMBER" in capsys.readouterr().err

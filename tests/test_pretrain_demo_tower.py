@@ -1,4 +1,4 @@
-"""The demo tower's pretraining: per-patch targets by hand, and what 100 steps achieve."""
+"""The demo tower's pretraining: per-patch targets by hand, and what 300 steps achieve."""
 
 from __future__ import annotations
 
@@ -26,16 +26,20 @@ def test_patch_targets_by_hand():
     assert pixels.getpixel((7, 7)) == (220, 40, 40) and pixels.getpixel((23, 44)) == (40, 170, 60)
 
 
-def test_pretraining_teaches_every_patch_its_content():
+def test_pretraining_teaches_every_patch_what_it_shows_and_where():
     cfg = SiglipVisionConfig(image_size=48, patch_size=16, hidden_size=32, intermediate_size=64,
                              num_hidden_layers=1, num_attention_heads=2)
     torch.manual_seed(0)
     tower = SiglipVisionModel(cfg)
     before = {k: v.clone() for k, v in tower.state_dict().items()}
-    accuracy = pretrain_tower(tower, steps=100, seed=0)
+    report = pretrain_tower(tower, steps=300, seed=0)
     # measured on 256 fresh images (2,304 patches) that training never drew; chance is 1/13
-    # per patch, and even always answering "background" scores only ~78%
-    assert accuracy >= 0.95
+    # per patch for content (always answering "background" scores only ~78%), 1/3 for the column
+    assert report.content_accuracy >= 0.95
+    assert report.column_accuracy >= 0.9
+    # the point of regressing onto codes: the column is a sizeable part of a shape patch's
+    # feature (learned classification heads left it at 0.4%), yet smaller than what it shows
+    assert 0.1 <= report.column_share <= 0.5
     assert not tower.training
     assert any(not torch.equal(before[k], v) for k, v in tower.state_dict().items())
 

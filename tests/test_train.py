@@ -257,3 +257,51 @@ print(before[0] >= 2**26, applied, probe()[1] >= 2**26)
 """
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, capture_output=True, text=True)
     assert out.stdout.split()[-3:] == ["True", "True", "True"], out.stdout + out.stderr
+
+
+def _tiny_config(tiny, *extra):
+    from config import load_config
+
+    return load_config(ROOT / "configs/demo.yaml", [
+        f"model.vision_model={tiny['tiny-siglip']}", f"model.language_model={tiny['tiny-qwen2']}",
+        "train.train_vision_tower=false", "train.finetune=lora", "train.train_embeddings=true", *extra,
+    ])
+
+
+def test_learning_rate_groups_take_zero_as_a_rate(tiny):
+    import train
+
+    def rates(*extra):
+        cfg = _tiny_config(tiny, "train.learning_rate=1e-3", *extra)
+        model = train.build_model(cfg)
+        projector = {id(p) for p in model.multi_modal_projector.parameters()}
+        return {g["lr"] for g in train.param_groups(model, cfg.train) if id(g["params"][0]) in projector}
+
+    assert rates("train.projector_learning_rate=0.0") == {0.0}  # not silently the LM's rate
+    assert rates("train.projector_learning_rate=null") == {1e-3}
+    assert rates("train.projector_learning_rate=5e-5") == {5e-5}
+
+
+def test_init_from_takes_an_earlier_stage_and_refuses_another_layout(tiny, tmp_path, capsys):
+    import train
+    from model import VQAModel
+
+    # A pretrain-stage checkpoint: a projector with known weights.
+    pre = VQAModel.from_bases(vision_model=str(tiny["tiny-siglip"]), language_model=str(tiny["tiny-qwen2"]))
+    pre.configure_training("projector")
+    with torch.no_grad():
+        for p in pre.multi_modal_projector.parameters():
+            p.uniform_(-1, 1)
+    pre.save_pretrained(tmp_path / "pretrain")
+    model = train.build_model(_tiny_config(tiny, f"train.init_from={tmp_path / 'pretrain'}"))
+    for key, value in pre.multi_modal_projector.state_dict().items():
+        assert torch.equal(model.multi_modal_projector.state_dict()[key], value), key
+    assert all(not v.any() for k, v in model.state_dict().items() if "lora_B" in k)  # LoRA starts fresh
+
+    # A full fine-tune checkpoint has LM weights a LoRA model does not: refused, nothing half-loaded.
+    full = VQAModel.from_bases(vision_model=str(tiny["tiny-siglip"]), language_model=str(tiny["tiny-qwen2"]))
+    full.configure_training("full")
+    full.save_pretrained(tmp_path / "full")
+    with pytest.raises(SystemExit):
+        train.build_model(_tiny_config(tiny, f"train.init_from={tmp_path / 'full'}"))
+    assert "train.init_from:" in capsys.readouterr().err

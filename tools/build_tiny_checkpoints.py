@@ -100,7 +100,7 @@ VISION_MODELS = {
     # 48-px images with 16-px patches: one shape per patch in the demo's grid-layout images;
     # pretrained for a few seconds like a real SigLIP arrives pretrained (tools/pretrain_demo_tower.py)
     "demo-siglip": dict(image_size=48, patch_size=16, hidden_size=64, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=2, seed=5, pretrain_steps=100),
+                        num_hidden_layers=2, num_attention_heads=2, seed=5, pretrain_steps=300),
 }
 
 
@@ -225,9 +225,10 @@ def build_vision_model(name: str) -> Path:
         if pretrain_steps:
             from tools.pretrain_demo_tower import pretrain_tower
 
-            accuracy = pretrain_tower(model, steps=pretrain_steps, seed=seed)
-            print(f"{name}: pretrained {pretrain_steps} steps on synthetic shapes, "
-                  f"per-patch content accuracy {accuracy:.3f}", flush=True)
+            report = pretrain_tower(model, steps=pretrain_steps, seed=seed)
+            print(f"{name}: pretrained {pretrain_steps} steps on synthetic shapes; per patch: content "
+                  f"{report.content_accuracy:.3f}, column {report.column_accuracy:.3f}, column "
+                  f"{report.column_share:.0%} of a shape patch's variance", flush=True)
         model.save_pretrained(tmp)
         size = spec["image_size"]
         SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(tmp)

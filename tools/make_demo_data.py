@@ -346,10 +346,17 @@ def _targeted_scene(
     raise RuntimeError(f"could not sample a scene for {qtype}={answer}")  # pragma: no cover
 
 
-def _balanced_targets(rng: Random, total: int) -> List[Tuple[str, str]]:
-    """``total`` (type, answer) pairs: types equally frequent, answers balanced per type."""
-    per_type = [total // len(QUESTION_TYPES)] * len(QUESTION_TYPES)
-    for i in range(total % len(QUESTION_TYPES)):
+def _balanced_targets(
+    rng: Random, total: int, weights: Optional[Dict[str, float]] = None
+) -> List[Tuple[str, str]]:
+    """``total`` (type, answer) pairs, answers balanced per type. Types are equally frequent, or
+    in proportion to ``weights`` (type -> relative weight, 1 for a type not named)."""
+    w = [float((weights or {}).get(t, 1.0)) for t in QUESTION_TYPES]
+    exact = [total * x / sum(w) for x in w]
+    per_type = [int(x) for x in exact]
+    # largest remainders first (ties: the earlier type), so the counts add up to ``total``
+    by_remainder = sorted(range(len(w)), key=lambda i: (per_type[i] - exact[i], i))
+    for i in by_remainder[: total - sum(per_type)]:
         per_type[i] += 1
     targets: List[Tuple[str, str]] = []
     for qtype, k in zip(QUESTION_TYPES, per_type):
@@ -442,6 +449,7 @@ def build_demo_data(
     seed: int = 0,
     num_captions: Optional[int] = None,
     layout: str = "columns",
+    train_weights: Optional[Dict[str, float]] = None,
 ) -> Dict[str, Any]:
     """Write the demo data set under ``out_dir`` and return its paths and counts.
 
@@ -450,10 +458,17 @@ def build_demo_data(
     ``num_captions`` the number of caption images (default ``num_train // 10``). ``layout`` is
     ``columns`` (shapes of varied size anywhere in their column) or ``grid`` (shapes of one size
     centred in the cells of a 3x3 grid; training images may repeat, held-out ones never occur
-    in training).
+    in training). ``train_weights`` (question type -> relative weight, default 1 each) sets how
+    often each type is the first question of a training record; the held-out split is always
+    balanced over types.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    for qtype, weight in (train_weights or {}).items():
+        if qtype not in QUESTION_TYPES:
+            raise ValueError(f"train_weights: unknown question type {qtype!r} (known: {', '.join(QUESTION_TYPES)})")
+        if not weight > 0:
+            raise ValueError(f"train_weights: the weight of {qtype} must be > 0, got {weight!r}")
     if num_train < 0 or num_eval < 0:
         raise ValueError("num_train and num_eval must be >= 0")
     if image_size < MIN_IMAGE_SIZE:
@@ -502,7 +517,7 @@ def build_demo_data(
     heldout = set(taken)
     # --- training split: first turn targeted (balanced), extra turns from the same image ----
     train_records = []
-    targets = _balanced_targets(rng_train, num_train)  # an upper bound on records needed
+    targets = _balanced_targets(rng_train, num_train, train_weights)  # an upper bound on records needed
     made = 0
     i = 0
     while made < num_train:
@@ -617,12 +632,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="columns: shapes of varied size anywhere in their column; grid: one size, centred in "
         "the cells of a 3x3 grid (the demo: one shape per 16-px patch of a 48-px image)",
     )
+    ap.add_argument(
+        "--train-weight", action="append", default=[], metavar="TYPE=W",
+        help="relative weight of a question type among the first questions of training records "
+        "(default 1 each; repeatable), e.g. --train-weight position=3",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    weights: Dict[str, float] = {}
+    for item in args.train_weight:
+        qtype, sep, value = item.partition("=")
+        try:
+            weights[qtype] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            ap.error(f"--train-weight expects TYPE=NUMBER, got {item!r}")
     t0 = time.perf_counter()
     info = build_demo_data(
         args.out, args.num_train, args.num_eval, args.image_size, args.seed, args.num_captions,
-        args.layout,
+        args.layout, weights or None,
     )
     dt = time.perf_counter() - t0
     print(
