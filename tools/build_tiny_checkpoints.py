@@ -100,7 +100,8 @@ VISION_MODELS = {
     # 48-px images with 16-px patches: one shape per patch in the demo's grid-layout images;
     # pretrained for a few seconds like a real SigLIP arrives pretrained (tools/pretrain_demo_tower.py)
     "demo-siglip": dict(image_size=48, patch_size=16, hidden_size=64, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=2, seed=5, pretrain_steps=300),
+                        num_hidden_layers=2, num_attention_heads=2, seed=5, pretrain_steps=300,
+                        pretrain_column_weight=0.5),
 }
 
 
@@ -217,6 +218,8 @@ def build_vision_model(name: str) -> Path:
     stamp = dict(spec)
     seed = spec.pop("seed")
     pretrain_steps = spec.pop("pretrain_steps", 0)
+    # in the build spec, so that a tower pretrained with another weight is rebuilt, not reused
+    column_weight = spec.pop("pretrain_column_weight", None)
 
     def build(tmp: Path) -> None:
         cfg = SiglipVisionConfig(vision_use_head=False, **spec)
@@ -225,7 +228,8 @@ def build_vision_model(name: str) -> Path:
         if pretrain_steps:
             from tools.pretrain_demo_tower import pretrain_tower
 
-            report = pretrain_tower(model, steps=pretrain_steps, seed=seed)
+            weight = {} if column_weight is None else {"column_weight": column_weight}
+            report = pretrain_tower(model, steps=pretrain_steps, seed=seed, **weight)
             print(f"{name}: pretrained {pretrain_steps} steps on synthetic shapes; per patch: content "
                   f"{report.content_accuracy:.3f}, column {report.column_accuracy:.3f}, column "
                   f"{report.column_share:.0%} of a shape patch's variance", flush=True)

@@ -92,11 +92,11 @@ def main() -> int:
     # a few hundred AI Challenger captions keep that format in the run without letting their long
     # answers dominate the step time (the vocabulary projection costs per supervised token).
     # Position questions are the slowest type to learn (the only one that reads where a shape is),
-    # so three times as many training records start with one; the held-out split stays balanced.
+    # so four times as many training records start with one as with any other type; the held-out split stays balanced.
     tower = json.loads((ROOT / cfg.model.vision_model / "config.json").read_text())
     run("tools/make_demo_data.py", "--out", "data/demo", "--num-train", str(args.num_train), "--num-eval", "500",
         "--image-size", str(tower["image_size"]), "--layout", "grid", "--num-captions", str(args.num_captions),
-        "--train-weight", "position=3")
+        "--train-weight", "position=4")
     run("process_image.py", "--config", args.config)
     heldout = '[{type: llava, name: heldout, annotations: data/demo/raw/llava_eval.json, image_dir: data/demo/images}]'
     run("process_image.py", "--config", args.config, "--set", f"data.output_dir={heldout_dir}", "--set", f"data.sources={heldout}")
