@@ -32,6 +32,41 @@ def run(*args: str) -> None:
     subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
 
 
+# Position questions are the slowest type to learn (the only one that reads where a shape is), so
+# four times as many training records start with one as with any other type; the held-out split
+# stays balanced (and byte-identical whatever the weights).
+DEMO_TRAIN_WEIGHTS = ("position=4",)
+
+
+def make_data(cfg, data_dir: str, num_train: int, num_captions: int, train_weights=DEMO_TRAIN_WEIGHTS) -> None:
+    """Render the synthetic set into ``data_dir`` in the raw AI Challenger and LLaVA formats.
+
+    Images as large as the demo tower's input, shapes on its 3x3 patch grid (one per patch); a few
+    hundred AI Challenger captions keep that format in the run without letting their long answers
+    dominate the step time (the vocabulary projection costs per supervised token).
+    """
+    tower = json.loads((ROOT / cfg.model.vision_model / "config.json").read_text())
+    weights = [arg for w in train_weights for arg in ("--train-weight", w)]
+    run("tools/make_demo_data.py", "--out", data_dir, "--num-train", str(num_train), "--num-eval", "500",
+        "--image-size", str(tower["image_size"]), "--layout", "grid", "--num-captions", str(num_captions),
+        *weights)
+
+
+def demo_sources(data_dir: str, split: str) -> str:
+    """``data.sources`` (YAML, for ``--set``) of the raw files make_demo_data wrote into ``data_dir``."""
+    images = f"{data_dir}/images"
+    if split == "eval":
+        return f"[{{type: llava, name: heldout, annotations: {data_dir}/raw/llava_eval.json, image_dir: {images}}}]"
+    return (f"[{{type: ai_challenger, annotations: {data_dir}/raw/ai_challenger_captions.json, image_dir: {images}}}, "
+            f"{{type: llava, annotations: {data_dir}/raw/llava_train.json, image_dir: {images}}}]")
+
+
+def evaluate(config: str, checkpoint: Path, eval_file: str, out: Path) -> dict:
+    """Score ``checkpoint`` on ``eval_file`` with evaluate.py; its metrics.json as a dict."""
+    run("evaluate.py", "--config", config, "--checkpoint", str(checkpoint), "--data", eval_file, "--output", str(out))
+    return json.loads((out / "metrics.json").read_text())
+
+
 def plot(progress: Path, out: Path) -> None:
     import matplotlib
 
@@ -88,18 +123,10 @@ def main() -> int:
     started = time.monotonic()
 
     run("tools/build_tiny_checkpoints.py")
-    # Images as large as the demo tower's input, shapes on its 3x3 patch grid (one per patch);
-    # a few hundred AI Challenger captions keep that format in the run without letting their long
-    # answers dominate the step time (the vocabulary projection costs per supervised token).
-    # Position questions are the slowest type to learn (the only one that reads where a shape is),
-    # so four times as many training records start with one as with any other type; the held-out split stays balanced.
-    tower = json.loads((ROOT / cfg.model.vision_model / "config.json").read_text())
-    run("tools/make_demo_data.py", "--out", "data/demo", "--num-train", str(args.num_train), "--num-eval", "500",
-        "--image-size", str(tower["image_size"]), "--layout", "grid", "--num-captions", str(args.num_captions),
-        "--train-weight", "position=4")
+    make_data(cfg, "data/demo", args.num_train, args.num_captions, DEMO_TRAIN_WEIGHTS)
     run("process_image.py", "--config", args.config)
-    heldout = '[{type: llava, name: heldout, annotations: data/demo/raw/llava_eval.json, image_dir: data/demo/images}]'
-    run("process_image.py", "--config", args.config, "--set", f"data.output_dir={heldout_dir}", "--set", f"data.sources={heldout}")
+    run("process_image.py", "--config", args.config, "--set", f"data.output_dir={heldout_dir}",
+        "--set", f"data.sources={demo_sources('data/demo', 'eval')}")
 
     # A fresh run every time: the demo shows learning from scratch, not a resumed run.
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -108,8 +135,7 @@ def main() -> int:
         train_args += ["--set", f"train.max_time_seconds={args.minutes * 60}"]
     run(*train_args)
 
-    run("evaluate.py", "--config", args.config, "--checkpoint", str(run_dir), "--data", cfg.data.eval_file,
-        "--output", str(out / "eval"))
+    metrics = evaluate(args.config, run_dir, cfg.data.eval_file, out / "eval")
     record = json.loads((ROOT / cfg.data.eval_file).read_text(encoding="utf-8"))[0]
     images = json.loads((ROOT / heldout_dir / "images.json").read_text(encoding="utf-8"))
     image = (ROOT / heldout_dir / images[str(record["image_id"])]["path"]).resolve()
@@ -118,7 +144,6 @@ def main() -> int:
     print(f"(expected answer: {record['messages'][1]['content']})")
 
     plot(run_dir / "progress.jsonl", out / "progress.png")
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
     print(f"\nheld-out VQA accuracy: {metrics['vqa_accuracy']:.3f} on {metrics['count']} questions")
     for qtype, m in sorted(metrics.get("per_question_type", {}).items()):
         print(f"  {qtype:10s} {m['vqa_accuracy']:.3f} ({m['count']})")
