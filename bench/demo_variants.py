@@ -40,6 +40,10 @@ VARIANTS = {
     "demo": Variant(DEMO_TRAIN_WEIGHTS),
     "demo-seed7": Variant(DEMO_TRAIN_WEIGHTS, ("train.seed=7",)),
     "demo-seed13": Variant(DEMO_TRAIN_WEIGHTS, ("train.seed=13",)),
+    # the same steps and seeds as the demo, with every question type equally weighted
+    "equal-weights-2400": Variant(()),
+    "equal-weights-2400-seed7": Variant((), ("train.seed=7",)),
+    "equal-weights-2400-seed13": Variant((), ("train.seed=13",)),
     "position-weight-3": Variant(("position=3",), ("train.max_steps=2000",)),
     "equal-weights": Variant((), ("train.max_steps=2000",)),
     "equal-weights-grouped-projector-2e-3": Variant(
