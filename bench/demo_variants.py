@@ -25,7 +25,9 @@ from typing import Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.run_demo import DEMO_TRAIN_WEIGHTS, demo_sources, evaluate, make_data, run  # noqa: E402
+from tools.run_demo import (  # noqa: E402
+    DEMO_NUM_CAPTIONS, DEMO_NUM_TRAIN, DEMO_TRAIN_WEIGHTS, demo_sources, evaluate, make_data, run,
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ def main() -> int:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants to run (default: all)")
     parser.add_argument("--out", default="outputs/demo-variants", help="data, runs and results.json go here")
-    parser.add_argument("--num-train", type=int, default=30000)
-    parser.add_argument("--num-captions", type=int, default=300)
+    parser.add_argument("--num-train", type=int, default=DEMO_NUM_TRAIN)
+    parser.add_argument("--num-captions", type=int, default=DEMO_NUM_CAPTIONS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")

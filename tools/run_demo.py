@@ -36,6 +36,9 @@ def run(*args: str) -> None:
 # four times as many training records start with one as with any other type; the held-out split
 # stays balanced (and byte-identical whatever the weights).
 DEMO_TRAIN_WEIGHTS = ("position=4",)
+# Training questions and AI Challenger caption images of the demo's synthetic set.
+DEMO_NUM_TRAIN = 30000
+DEMO_NUM_CAPTIONS = 300
 
 
 def make_data(cfg, data_dir: str, num_train: int, num_captions: int, train_weights=DEMO_TRAIN_WEIGHTS) -> None:
@@ -107,8 +110,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--minutes", type=float, default=None, help="training wall-time budget (default: config)")
-    parser.add_argument("--num-train", type=int, default=30000, help="synthetic training questions")
-    parser.add_argument("--num-captions", type=int, default=300, help="synthetic AI Challenger caption images")
+    parser.add_argument("--num-train", type=int, default=DEMO_NUM_TRAIN, help="synthetic training questions")
+    parser.add_argument("--num-captions", type=int, default=DEMO_NUM_CAPTIONS, help="synthetic AI Challenger caption images")
     parser.add_argument("--out", default="outputs/demo", help="evaluation, answers and the plot go here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
