@@ -1,6 +1,6 @@
-"""Typed configuration loaded from YAML.
+"""Typed configuration loaded from YAML: the one place every setting and its default is declared.
 
-Every script reads one YAML file into these dataclasses. Unknown keys and wrong types are errors
+Every script reads one YAML file into these dataclasses (``cli.config_from_args``). Unknown keys and wrong types are errors
 that name the key and the file, so a typo never silently falls back to a default. Dotted
 overrides (``--set train.learning_rate=1e-4``) are applied to the YAML tree before validation,
 so they are checked exactly like the file.
@@ -8,9 +8,7 @@ so they are checked exactly like the file.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +17,16 @@ from typing import Any, Literal
 
 import yaml
 
+from errors import UserError
 
-class ConfigError(ValueError):
+# The image placeholder: one special token per image in a prompt (Qwen's <|extra_0|>).
+DEFAULT_IMAGE_TOKEN = "<|extra_0|>"
+# Weight dtypes a checkpoint can be built or loaded in (model.configuration maps them to torch).
+DType = Literal["float32", "bfloat16", "float16"]
+DTYPE_NAMES: tuple[str, ...] = typing.get_args(DType)
+
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override that does not match the schema."""
 
 
@@ -45,10 +51,10 @@ class ModelSettings:
     language_model: str = "Qwen/Qwen2.5-0.5B-Instruct"
     # Defaults to language_model.
     tokenizer: str | None = None
-    image_token: str = "<|extra_0|>"
+    image_token: str = DEFAULT_IMAGE_TOKEN
     projector_init_std: float = 0.01
     # Weights dtype for the frozen parts; trainable parts follow train.bf16.
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: DType = "bfloat16"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     # System message for every conversation; null lets the chat template pick its default.
     system_prompt: str | None = None
@@ -69,7 +75,8 @@ class LoraSettings:
 class SourceSettings:
     """One raw data source merged by process_image.py."""
 
-    type: Literal["ai_challenger", "llava", "swift_jsonl"]
+    # One of the readers registered in dataset/sources (checked by process_image.py).
+    type: str
     annotations: str
     image_dir: str = ""
     name: str | None = None
@@ -86,7 +93,7 @@ class DataSettings:
     check_images: bool = True
     # AI Challenger: one of these is chosen with probability 1/2 each.
     question_templates: list[str] = field(
-        default_factory=lambda: ["<|extra_0|>\n这张图片描述了什么？", "<|extra_0|>\n请用一句话描述这张图片。"]
+        default_factory=lambda: [f"{DEFAULT_IMAGE_TOKEN}\n这张图片描述了什么？", f"{DEFAULT_IMAGE_TOKEN}\n请用一句话描述这张图片。"]
     )
     # Training data: a merged qa.json (images.json is read from the same directory).
     train_file: str = "data/merged/qa.json"
@@ -301,39 +308,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def config_to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = "config.yaml") -> None:
-    parser.add_argument("--config", default=default, help="YAML configuration file (default: %(default)s)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting, e.g. --set train.learning_rate=1e-4 (repeatable)",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Load the config named on the command line; a bad config exits with status 2 and one line."""
-    try:
-        return load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-def fail(message: str) -> typing.NoReturn:
-    """Exit a command-line script with status 2 and one clear line on stderr, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def run_cli(main: typing.Callable[[], int]) -> typing.NoReturn:
-    """Run a script's ``main``: its return value is the exit status; Ctrl-C exits 130 with one
-    line instead of a traceback (what a shell reports for SIGINT)."""
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)

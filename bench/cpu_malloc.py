@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench.train_step import make_batch, step_fn  # noqa: E402
-from train import M_MMAP_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory  # noqa: E402
+from training.memory import M_MMAP_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory  # noqa: E402
 
 
 def glibc_defaults(libc) -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from config import TrainSettings
+    from config import ModelSettings, TrainSettings
     from model import VQAModel
     from qwen import load_tokenizer
     from tools.build_tiny_checkpoints import build_all
@@ -51,8 +51,8 @@ def main() -> None:
     libc = ctypes.CDLL("libc.so.6")
     paths = build_all()
     torch.manual_seed(0)
-    model = VQAModel.from_bases(vision_model=str(paths["demo-siglip"]), language_model=str(paths["demo-qwen2"]),
-                                vision_feature_select="full", system_prompt="")
+    model = VQAModel.from_settings(ModelSettings(vision_model=str(paths["demo-siglip"]), language_model=str(paths["demo-qwen2"]),
+                                                 vision_feature_select="full", system_prompt="", dtype="float32"))
     model.configure_training("full", train_embeddings=False)
     model.train()
     batch = make_batch(model, load_tokenizer(str(paths["demo-qwen2"])), args.batch)

@@ -37,6 +37,7 @@ def main() -> None:
 
     from transformers import SiglipImageProcessor
 
+    from config import ModelSettings
     from dataset import Collator, VQADataset
     from dataset.records import load_merged
     from model import VQAModel
@@ -51,7 +52,8 @@ def main() -> None:
     subprocess.run([sys.executable, "process_image.py", "--config", "configs/demo.yaml", "--set", f"data.sources={sources}",
                     "--set", f"data.output_dir={work / 'merged'}"], cwd=ROOT, check=True, capture_output=True)
     qa = work / "merged" / "qa.json"
-    model = VQAModel.from_bases(vision_model=str(paths["demo-siglip"]), language_model=str(paths["demo-qwen2"]))
+    model = VQAModel.from_settings(ModelSettings(vision_model=str(paths["demo-siglip"]), language_model=str(paths["demo-qwen2"]),
+                                                 dtype="float32"))
     tok = load_tokenizer(str(paths["demo-qwen2"]))
     n_img = model.config.num_image_tokens
     renderer = PromptRenderer(tok, n_img)
@@ -65,7 +67,7 @@ def main() -> None:
         for start in range(0, len(records), args.batch):
             items = []
             for r in records[start:start + args.batch]:
-                pixels = processor(Image.open(images[r["image_id"]]).convert("RGB"), return_tensors="pt")["pixel_values"][0]
+                pixels = processor(Image.open(images[str(r["image_id"])]).convert("RGB"), return_tensors="pt")["pixel_values"][0]
                 msgs = [{"role": m["role"], "content": m["content"].replace("<|extra_0|>", "<|extra_0|>" * n_img)} for m in r["messages"]]
                 ids = tok.apply_chat_template([{"role": "system", "content": ""}] + msgs, tokenize=True)["input_ids"]
                 ids = torch.tensor(ids)

@@ -84,15 +84,16 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     from model import VQAModel
-    from model import generation
-    from model.generation import SamplingSettings, generate
-    from model.predictor import Predictor
+    from config import ModelSettings
+    from inference import generation
+    from inference.generation import SamplingSettings, generate
+    from inference.predictor import Predictor
     from qwen import load_tokenizer
 
     if args.module_head:
         generation._MAX_TRANSPOSED_HEAD_BYTES = 0
     torch.manual_seed(0)
-    model = VQAModel.from_bases(vision_model=args.vision, language_model=args.language, dtype="float32").eval()
+    model = VQAModel.from_settings(ModelSettings(vision_model=args.vision, language_model=args.language, dtype="float32")).eval()
     with torch.no_grad():  # a projector that matters (the fresh one is ~0)
         for p in model.multi_modal_projector.parameters():
             p.normal_(0, 0.2)

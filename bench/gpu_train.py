@@ -2,7 +2,7 @@
 
 SigLIP so400m-patch14-384 (728 image tokens: config.yaml's drop_first) + Qwen2.5-0.5B or -1.5B,
 built from their published configurations with random weights, saved to a work directory and
-loaded through the same ``VQAModel.from_bases`` path training uses. A step is what ``train.py`` runs: bf16 autocast over
+loaded through the same ``VQAModel.from_settings`` path training uses. A step is what ``train.py`` runs: bf16 autocast over
 fp32 master weights of what trains, activation checkpointing (optional), forward + backward +
 AdamW. Reports samples/s, tokens/s, peak memory and model FLOPs utilisation (MFU): model FLOPs
 (no recomputation counted) per second over the GPU's dense bf16 peak.
@@ -170,6 +170,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="print where the GPU time of 3 steps goes")
     args = parser.parse_args()
 
+    from config import ModelSettings
     from model import VQAModel
 
     cuda = torch.cuda.is_available()
@@ -181,7 +182,7 @@ def main() -> int:
     vision, text = ("smoke", "smoke") if args.smoke else ("so400m", args.lm)
     vdir, tdir = write_bases(Path(args.work), vision, text)
     # config.yaml's layout: last layer, drop_first (728 image tokens for so400m).
-    model = VQAModel.from_bases(vision_model=str(vdir), language_model=str(tdir), dtype="bfloat16")
+    model = VQAModel.from_settings(ModelSettings(vision_model=str(vdir), language_model=str(tdir), dtype="bfloat16"))
     lora = {"r": 16, "alpha": 32, "dropout": 0.05,
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
     model.configure_training(args.finetune, lora if args.finetune == "lora" else None)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 def llava_with_weights(model):
     """transformers' Llava holding exactly our weights (the mapping export.py uses)."""
-    from export import to_llava
+    from exporters.llava import to_llava
 
     return to_llava(model)
 
@@ -72,13 +72,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from config import ModelSettings
     from model import VQAModel
     from qwen import load_tokenizer
     from tools.build_tiny_checkpoints import build_all
 
     paths = build_all()
     torch.manual_seed(0)
-    ours = VQAModel.from_bases(vision_model=str(paths["demo-siglip"]), language_model=str(paths["demo-qwen2"]))
+    ours = VQAModel.from_settings(ModelSettings(vision_model=str(paths["demo-siglip"]), language_model=str(paths["demo-qwen2"]),
+                                                dtype="float32"))
     ours.configure_training("projector")
     ours.train()
     reference = llava_with_weights(ours).train()

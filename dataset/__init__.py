@@ -1,8 +1,21 @@
-"""Training data: merged records -> token ids, labels and pixels; collate; length-grouped sampling."""
+"""Training data: merged records -> token ids, labels and pixels; collate; length-grouped sampling.
 
-from dataset.collate import Collator
-from dataset.records import load_merged
-from dataset.sampler import LengthGroupedSampler
-from dataset.vqa_dataset import VQADataset
+``dataset.records`` (the one reader of merged data) uses only the standard library; the torch
+parts below are imported on first use so the scripts can read their inputs before loading torch.
+"""
 
-__all__ = ["Collator", "LengthGroupedSampler", "VQADataset", "load_merged"]
+from importlib import import_module
+
+_LAZY = {
+    "Collator": "dataset.collate",
+    "LengthGroupedSampler": "dataset.sampler",
+    "VQADataset": "dataset.vqa_dataset",
+    "load_merged": "dataset.records",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dataset' has no attribute {name!r}")

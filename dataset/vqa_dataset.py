@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dataset.records import load_merged
+from config import DEFAULT_IMAGE_TOKEN
+from dataset.records import image_path as record_image, load_merged
 from qwen.prompt import IGNORE_INDEX, PromptRenderer, record_messages
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class VQADataset(Dataset):
         renderer: PromptRenderer,
         preprocess,
         max_length: int,
-        image_token: str = "<|extra_0|>",
+        image_token: str = DEFAULT_IMAGE_TOKEN,
         system_prompt: str | None = None,
         show_progress: bool = True,
         limit: int | None = None,
@@ -42,7 +43,7 @@ class VQADataset(Dataset):
         self.image_token_id = renderer.image_token_id
         self.skipped: Counter[str] = Counter()
         self.bad_images: Counter[str] = Counter()
-        records, images = load_merged(qa_file)
+        records, images = load_merged(Path(qa_file).resolve())  # absolute image paths: cwd-independent
         records = records[:limit] if limit is not None else records
         compact = PromptRenderer(renderer.tokenizer, 1, image_token)
         self.input_ids: list[np.ndarray] = []
@@ -67,8 +68,11 @@ class VQADataset(Dataset):
         parsed = []
         for record in records:
             try:
-                parsed.append((images[int(record["image_id"])], record_messages(record["messages"], image_token, system_prompt)))
-            except (KeyError, TypeError, ValueError):
+                path = record_image(record, images)
+                if path is None:
+                    raise KeyError(record.get("image_id"))
+                parsed.append((path, record_messages(record["messages"], image_token, system_prompt)))
+            except (AttributeError, KeyError, TypeError, ValueError):
                 self.skipped["malformed_record"] += 1
         rendered = compact.render_many([messages for _, messages in parsed])
         for (image_path, _), prompt in zip(parsed, rendered):

@@ -1,8 +1,25 @@
-"""The composite model's own config: which bases it wires together and how."""
+"""The composite model's own config: which bases it wires together and how.
+
+The model settings themselves (``config.ModelSettings``: the bases, the feature layer and
+selection, the image token, dtypes, ...) are declared once, in ``config.py``; this class stores
+them in ``config.json`` together with what building the model derived (token id, feature count,
+hidden sizes) and what training chose (``finetune``, LoRA, trainable tower).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
+import torch
 from transformers import AutoConfig, PretrainedConfig
+
+from config import DTYPE_NAMES, ModelSettings
+
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+# Model settings stored under another name in config.json: PretrainedConfig owns ``dtype`` and
+# ``attn_implementation`` (names kept as they are so existing checkpoints load unchanged).
+_STORED_AS = {"dtype": "base_dtype", "attn_implementation": "attn_implementation_name"}
+_SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ModelSettings))
 
 
 class VQAConfig(PretrainedConfig):
@@ -20,53 +37,39 @@ class VQAConfig(PretrainedConfig):
 
     def __init__(
         self,
-        vision_model: str | None = None,
-        vision_backend: str = "siglip",
-        vision_feature_layer: int = -1,
-        vision_feature_select: str = "drop_first",
-        image_size: int | None = None,
-        language_model: str | None = None,
-        tokenizer: str | None = None,
-        image_token: str = "<|extra_0|>",
         image_token_id: int | None = None,
         num_image_tokens: int | None = None,
         vision_hidden_size: int | None = None,
         text_hidden_size: int | None = None,
         text_vocab_size: int | None = None,
-        projector_init_std: float = 0.01,
         projector_hidden_act: str = "gelu",
         finetune: str = "projector",
         lora: dict | None = None,
         train_vision_tower: bool = False,
         train_embeddings: bool = True,
-        base_dtype: str = "float32",
-        attn_implementation_name: str = "sdpa",
-        system_prompt: str | None = None,
         **kwargs,
     ) -> None:
-        self.vision_model = vision_model
-        self.vision_backend = vision_backend
-        self.vision_feature_layer = vision_feature_layer
-        self.vision_feature_select = vision_feature_select
-        self.image_size = image_size
-        self.language_model = language_model
-        self.tokenizer = tokenizer
-        self.image_token = image_token
+        defaults = ModelSettings()
+        for name in _SETTING_NAMES:
+            stored = _STORED_AS.get(name, name)
+            setattr(self, stored, kwargs.pop(stored, getattr(defaults, name)))
         self.image_token_id = image_token_id
         self.num_image_tokens = num_image_tokens
         self.vision_hidden_size = vision_hidden_size
         self.text_hidden_size = text_hidden_size
         self.text_vocab_size = text_vocab_size
-        self.projector_init_std = projector_init_std
         self.projector_hidden_act = projector_hidden_act
         self.finetune = finetune
         self.lora = lora
         self.train_vision_tower = train_vision_tower
         self.train_embeddings = train_embeddings
-        self.base_dtype = base_dtype
-        self.attn_implementation_name = attn_implementation_name
-        self.system_prompt = system_prompt
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, **kwargs) -> "VQAConfig":
+        """A config for a fresh model from the ``model`` section of the YAML configuration."""
+        values = {_STORED_AS.get(name, name): getattr(settings, name) for name in _SETTING_NAMES}
+        return cls(**values, **kwargs)
 
 
 # Registered so that transformers' Auto classes recognise a checkpoint directory (the tokenizer

@@ -2,35 +2,32 @@
 
 ``export.py`` writes the trained model as a transformers LLaVA checkpoint (``config.json`` with
 ``model_type: llava`` + tokenizer/processor files). :class:`LlavaAdapter` wraps the loaded LLaVA
-model and exposes the few attributes :mod:`model.generation` and :class:`model.predictor.Predictor`
-use (``embed``, ``decoder``, ``lm_head``, ``text_config``, ``config.image_token_id`` ...), so an
+model and offers the interface generation needs (:class:`inference.protocol.GenerativeVQA`), so an
 export is answered by exactly the same prompt building, preprocessing and decoding loop as a
 training checkpoint. Nothing else is adapted: training and saving stay with :class:`VQAModel`.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from qwen.splice import embed_with_images
+from model.configuration import DTYPES
+from model.splice import embed_with_images
+from visual.preprocess import ImagePreprocessor
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+@dataclass(frozen=True)
+class ExportPromptSpec:
+    """How an image enters a prompt of the export (what ``VQAConfig`` says for a checkpoint)."""
 
-def is_llava_export(path: str | Path) -> bool:
-    """Whether ``path`` is a directory holding a LLaVA ``config.json`` (an export, not a run)."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "llava"
-    except (OSError, ValueError, AttributeError):
-        return False
+    image_token: str
+    image_token_id: int
+    num_image_tokens: int
+    system_prompt: str | None = None
 
 
 def _num_image_tokens(config) -> int:
@@ -42,17 +39,17 @@ def _num_image_tokens(config) -> int:
 class LlavaAdapter(nn.Module):
     """A loaded LLaVA export seen through the interface of :class:`model.VQAModel`'s generation."""
 
-    def __init__(self, llava, image_token: str, preprocessor) -> None:
+    def __init__(self, llava, image_token: str, preprocessor: ImagePreprocessor) -> None:
         super().__init__()
         self.llava = llava
         cfg = llava.config
-        self.config = SimpleNamespace(
+        self.config = ExportPromptSpec(
             image_token=image_token,
             image_token_id=cfg.image_token_id,
             num_image_tokens=_num_image_tokens(cfg),
             system_prompt=getattr(cfg, "system_prompt", None),
         )
-        self.vision_tower = SimpleNamespace(preprocessor=preprocessor)
+        self.preprocessor = preprocessor
 
     @property
     def decoder(self) -> nn.Module:
@@ -69,6 +66,10 @@ class LlavaAdapter(nn.Module):
     @property
     def text_config(self):
         return self.llava.config.text_config
+
+    @property
+    def device(self) -> torch.device:
+        return self.llava.device
 
     def get_input_embeddings(self) -> nn.Module:
         return self.llava.get_input_embeddings()
@@ -95,7 +96,7 @@ def load_llava_export(path: str | Path, dtype: str | None = None, device: str | 
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     from qwen.tokenizer import load_tokenizer
-    from visual.tower import _siglip_preprocessor
+    from visual.tower import siglip_preprocessor
 
     path = Path(path)
     llava = LlavaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype] if dtype else "auto").eval()
@@ -106,5 +107,5 @@ def load_llava_export(path: str | Path, dtype: str | None = None, device: str | 
     if not image_token:
         raise ValueError(f"{path}: the tokenizer has no token for the image token id {image_token_id}")
     tokenizer = load_tokenizer(str(path), image_token)
-    preprocessor = _siglip_preprocessor(str(path), llava.config.vision_config.image_size)
+    preprocessor = siglip_preprocessor(str(path), llava.config.vision_config.image_size)
     return LlavaAdapter(llava, image_token, preprocessor), tokenizer

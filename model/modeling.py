@@ -18,16 +18,17 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from model.configuration import VQAConfig
+from config import ModelSettings
+from model.checkpoints import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, whole_safetensors
+from model.configuration import DTYPES, VQAConfig
 from model.projector import Projector
+from model.splice import embed_with_images
 from qwen.prompt import IGNORE_INDEX
-from qwen.splice import embed_with_images
 from qwen.tokenizer import image_token_id as lookup_image_token_id
 from qwen.tokenizer import load_tokenizer
+from visual.preprocess import ImagePreprocessor
 from visual.tower import VisionTower, build_vision_tower
 
-WEIGHTS_NAME = "model.safetensors"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # State-dict key endings of the token embeddings and the LM head (frozen when train_embeddings is off).
 EMBEDDING_KEYS = ("embed_tokens.weight", "lm_head.weight")
 
@@ -57,40 +58,10 @@ class VQAModel(PreTrainedModel):
         self.multi_modal_projector.reset_parameters()
 
     @classmethod
-    def from_bases(
-        cls,
-        *,
-        vision_model: str,
-        language_model: str,
-        vision_backend: str = "siglip",
-        vision_feature_layer: int = -1,
-        vision_feature_select: str = "drop_first",
-        image_size: int | None = None,
-        tokenizer: str | None = None,
-        image_token: str = "<|extra_0|>",
-        projector_init_std: float = 0.01,
-        dtype: str = "float32",
-        attn_implementation: str = "sdpa",
-        system_prompt: str | None = None,
-        train_vision_tower: bool = False,
-    ) -> "VQAModel":
-        """Wire a fresh model from base checkpoints (projector randomly initialised)."""
-        config = VQAConfig(
-            vision_model=vision_model,
-            vision_backend=vision_backend,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select=vision_feature_select,
-            image_size=image_size,
-            language_model=language_model,
-            tokenizer=tokenizer,
-            image_token=image_token,
-            projector_init_std=projector_init_std,
-            base_dtype=dtype,
-            attn_implementation_name=attn_implementation,
-            system_prompt=system_prompt,
-            train_vision_tower=train_vision_tower,
-        )
-        return cls._build(config)
+    def from_settings(cls, settings: ModelSettings, train_vision_tower: bool = False) -> "VQAModel":
+        """Wire a fresh model from the base checkpoints ``settings`` names (projector randomly
+        initialised); ``train_vision_tower`` is training's choice (``train.train_vision_tower``)."""
+        return cls._build(VQAConfig.from_settings(settings, train_vision_tower=train_vision_tower))
 
     @classmethod
     def _build(cls, config: VQAConfig) -> "VQAModel":
@@ -178,6 +149,11 @@ class VQAModel(PreTrainedModel):
             layer.compile(**options)
 
     # -- submodules ------------------------------------------------------------------------
+
+    @property
+    def preprocessor(self) -> ImagePreprocessor:
+        """Pixels exactly as the vision tower was trained on them."""
+        return self.vision_tower.preprocessor
 
     @property
     def causal_lm(self) -> nn.Module:
@@ -322,8 +298,8 @@ class VQAModel(PreTrainedModel):
         then load the trained weights. ``vision_model``/``language_model`` override the base
         references (e.g. when the bases live at another path on this machine)."""
         path = Path(checkpoint)
-        if not (path / "config.json").is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{path}: not a model checkpoint (needs config.json and {WEIGHTS_NAME})")
+        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise CheckpointError(f"{path}: not a model checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
         config = VQAConfig.from_pretrained(path)
         if config.model_type != VQAConfig.model_type:
             raise ValueError(f"{path}: config.json is a {config.model_type!r} model, not {VQAConfig.model_type!r}")
@@ -341,12 +317,23 @@ class VQAModel(PreTrainedModel):
         # tower's eval mode); the Trainer switches to train mode itself.
         return model.eval()
 
+    def checkpoint_tokenizer(self, checkpoint: str | os.PathLike):
+        """The tokenizer saved beside ``checkpoint``, else the configured one (image token added)."""
+        saved = Path(checkpoint) / "tokenizer_config.json"
+        source = Path(checkpoint) if saved.is_file() else (self.config.tokenizer or self.config.language_model)
+        return load_tokenizer(str(source), self.config.image_token)
+
     def load_trained_weights(self, weights_file: str | os.PathLike, partial: bool = False) -> None:
         """Load a checkpoint's trained weights. A checkpoint of this configuration must hold all
         of them; with ``partial`` it may hold a subset: a run that starts from an earlier stage
         (a pretrain projector, or an sft run on other data) takes what that stage trained and
         initialises the rest as usual. Either way, a weight this model lacks is an error, so a
         checkpoint of another layout (LoRA vs full) is never half-loaded by name mismatch."""
+        if not whole_safetensors(Path(weights_file)):
+            raise CheckpointError(
+                f"{weights_file}: not a whole safetensors file (cut off while saving, or not safetensors at all); "
+                "use another checkpoint"
+            )
         state = load_file(str(weights_file))
         own = self.state_dict()
         unexpected = [k for k in state if k not in own]

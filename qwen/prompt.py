@@ -26,7 +26,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from qwen.tokenizer import DEFAULT_IMAGE_TOKEN, end_of_turn_ids, image_token_id
+from config import DEFAULT_IMAGE_TOKEN
+from qwen.tokenizer import end_of_turn_ids, image_token_id
 
 IGNORE_INDEX = -100
 _SENTINEL = re.compile("\ue000(\\d+)\ue001")

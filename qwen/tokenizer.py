@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-DEFAULT_IMAGE_TOKEN = "<|extra_0|>"
+from config import DEFAULT_IMAGE_TOKEN
 
 
 def load_tokenizer(name_or_path: str, image_token: str = DEFAULT_IMAGE_TOKEN) -> PreTrainedTokenizerBase:

@@ -33,16 +33,21 @@ def tokenizer(tiny):
     return load_tokenizer(str(tiny["tiny-qwen2"]))
 
 
+def base_model(tiny, vision="tiny-siglip", language="tiny-qwen2", train_vision_tower=False, **settings):
+    """A fresh VQAModel wired from the tiny bases, in float32 (``settings``: ``config.ModelSettings``)."""
+    from config import ModelSettings
+    from model import VQAModel
+
+    settings = ModelSettings(vision_model=str(tiny[vision]), language_model=str(tiny[language]),
+                             **{"dtype": "float32", **settings})
+    return VQAModel.from_settings(settings, train_vision_tower=train_vision_tower)
+
+
 def make_model(tiny, language="tiny-qwen2", select="drop_first", lora=None, finetune=None, train_embeddings=True, **kwargs):
     import torch
 
-    from model import VQAModel
-
     torch.manual_seed(0)
-    model = VQAModel.from_bases(
-        vision_model=str(tiny["tiny-siglip"]), language_model=str(tiny[language]),
-        vision_feature_select=select, **kwargs,
-    )
+    model = base_model(tiny, language=language, vision_feature_select=select, **kwargs)
     if finetune:
         model.configure_training(finetune, lora, train_embeddings=train_embeddings)
     return model

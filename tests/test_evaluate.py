@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import evaluate
-import vqa_metric
+from evaluation import vqa_metric
+from evaluation.records import evaluate_records, ground_truth
 from tests.conftest import ROOT
 from tests.test_infer import ENV, MAX_NEW_TOKENS, QUESTION, SETTINGS, build_trained_checkpoint
 
@@ -51,7 +52,7 @@ def held_out(trained, tmp_path_factory) -> Path:
 
 
 def test_evaluate_cli_writes_predictions_and_consistent_metrics(trained, held_out, tmp_path):
-    from model.predictor import Predictor
+    from inference.predictor import Predictor
 
     out = tmp_path / "eval"
     result = subprocess.run(
@@ -86,22 +87,21 @@ def test_evaluate_cli_writes_predictions_and_consistent_metrics(trained, held_ou
 
     # In-process, the same function train.py / the demo call gives the same result.
     records = json.loads(held_out.read_text())
-    again, again_metrics = evaluate.evaluate_records(predictor, records, held_out.parent, SETTINGS, batch_size=3)
+    again, again_metrics = evaluate_records(predictor, records, held_out.parent, SETTINGS, batch_size=3)
     assert [p["prediction"] for p in again] == [p["prediction"] for p in predictions]
     assert again_metrics["vqa_accuracy"] == metrics["vqa_accuracy"]
 
 
-def test_vqa_accuracy_is_re_exported():
-    assert evaluate.vqa_accuracy is vqa_metric.vqa_accuracy
-    assert evaluate.vqa_accuracy("two", ["2"] * 3 + ["two"] * 7) == 1.0
+def test_vqa_accuracy_counts_normalised_answers():
+    assert vqa_metric.vqa_accuracy("two", ["2"] * 3 + ["two"] * 7) == 1.0
 
 
 def test_ground_truth_falls_back_to_ten_copies_of_the_assistant_turn():
-    assert evaluate.ground_truth({"answers": ["a", "b"], "messages": []}) == ["a", "b"]
+    assert ground_truth({"answers": ["a", "b"], "messages": []}) == ["a", "b"]
     rec = {"messages": [{"role": "user", "content": "<|extra_0|>\nq"}, {"role": "assistant", "content": " yes "}]}
-    assert evaluate.ground_truth(rec) == ["yes"] * 10
-    assert evaluate.vqa_accuracy("yes", evaluate.ground_truth(rec)) == 1.0  # one answer alone would always be 0
-    assert evaluate.ground_truth({"messages": [{"role": "user", "content": "q"}]}) is None
+    assert ground_truth(rec) == ["yes"] * 10
+    assert vqa_metric.vqa_accuracy("yes", ground_truth(rec)) == 1.0  # one answer alone would always be 0
+    assert ground_truth({"messages": [{"role": "user", "content": "q"}]}) is None
 
 
 @pytest.mark.parametrize("case", ["missing-data", "not-a-checkpoint", "no-images-json"])

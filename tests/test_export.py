@@ -27,8 +27,10 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 
 import export
-from model.generation import SamplingSettings
-from tests.conftest import LORA, ROOT, make_model
+from exporters import common, llava
+from inference.generation import SamplingSettings
+from qwen.chat_template import chat_template, default_system_prompt
+from tests.conftest import LORA, ROOT, base_model, make_model
 
 QUESTION = "What colour is the square?"
 SYSTEM_PROMPT = "你是视觉助手。\nAnswer briefly."
@@ -76,12 +78,12 @@ def exports(checkpoints, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, ckpt in checkpoints.items():
         before = fingerprint(ckpt)
-        old = export.MAX_SHARD_SIZE
-        export.MAX_SHARD_SIZE = "10MB" if name == "full" else old  # exercise the sharded layout once
+        old = llava.MAX_SHARD_SIZE
+        llava.MAX_SHARD_SIZE = "10MB" if name == "full" else old  # exercise the sharded layout once
         try:
             assert export.main(["--checkpoint", str(ckpt), "--output", str(root / name), "--dtype", "float32"]) == 0
         finally:
-            export.MAX_SHARD_SIZE = old
+            llava.MAX_SHARD_SIZE = old
         assert fingerprint(ckpt) == before, "the export modified the checkpoint"
         out[name] = root / name
     return out
@@ -90,7 +92,7 @@ def exports(checkpoints, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def predictors(checkpoints):
     """Our ``Predictor`` per checkpoint, loaded once (tokenizer loading dominates on CPU)."""
-    from model.predictor import Predictor
+    from inference.predictor import Predictor
 
     cache: dict[str, Predictor] = {}
 
@@ -146,7 +148,7 @@ def test_llava_export_gives_our_logits_and_greedy_answer(predictors, exports, na
 
 @pytest.mark.parametrize("name", ["lora", "full", "projector"])
 def test_processor_gives_our_input_ids_and_pixels(predictors, exports, name):
-    from model.predictor import Predictor
+    from inference.predictor import Predictor
 
     predictor = predictors(name)
     image = picture()
@@ -265,17 +267,17 @@ def test_default_system_prompt_follows_the_base_template(tokenizer):
 
     from qwen import PromptRenderer, question_messages
 
-    assert export.default_system_prompt(tokenizer, None).startswith("You are Qwen")
-    assert export.default_system_prompt(tokenizer, "") == ""
+    assert default_system_prompt(tokenizer, None).startswith("You are Qwen")
+    assert default_system_prompt(tokenizer, "") == ""
     # A Qwen3-style template (no default system turn) gives none, and the export template agrees.
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = (
         "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
         "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
     )
-    assert export.default_system_prompt(plain, None) is None
+    assert default_system_prompt(plain, None) is None
     expected = PromptRenderer(plain, 3).render(question_messages(QUESTION), add_generation_prompt=True).input_ids
-    plain.chat_template = export.chat_template("<|extra_0|>", None)
+    plain.chat_template = chat_template("<|extra_0|>", None)
     text = plain.apply_chat_template(question_messages(QUESTION), tokenize=False, add_generation_prompt=True)
     assert plain(text.replace("<|extra_0|>", "<|extra_0|>" * 3), add_special_tokens=False)["input_ids"] == expected
 
@@ -288,14 +290,14 @@ def test_to_llava_matches_and_leaves_the_model_untouched(tiny, tokenizer):
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    llava = export.to_llava(model)
+    converted = llava.to_llava(model)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert not any(getattr(m, "merged", False) for m in model.language_model.modules())
     ids = torch.tensor([[1, 2] + [model.config.image_token_id] * model.config.num_image_tokens + [3, 4]])
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(llava(input_ids=ids, pixel_values=pixels).logits,
+        torch.testing.assert_close(converted(input_ids=ids, pixel_values=pixels).logits,
                                    model(input_ids=ids, pixel_values=pixels).logits, atol=1e-5, rtol=0)
 
 
@@ -318,19 +320,19 @@ def test_overwrite_replaces_a_directory_and_bfloat16_is_the_default(checkpoints,
 
 def refused(capsys, argv) -> str:
     capsys.readouterr()
-    assert export.main(argv) == export.EXIT_REFUSED
+    with pytest.raises(SystemExit) as exit_:
+        export.main(argv)
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("export.py: error:") and "\n" not in err, err
+    assert err.startswith("error:") and "\n" not in err, err
     return err
 
 
 def test_refusals(tiny, tokenizer, checkpoints, tmp_path, capsys):
-    from model import VQAModel
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
-    timm = VQAModel.from_bases(vision_model=str(tiny["tiny-timm-vit"]), vision_backend="timm",
-                               language_model=str(tiny["tiny-qwen2"]))
+    timm = base_model(tiny, vision="tiny-timm-vit", vision_backend="timm")
     timm.save_pretrained(tmp_path / "timm")
     assert "timm" in refused(capsys, ["--checkpoint", str(tmp_path / "timm"), "--output", str(tmp_path / "o1")])
     assert not (tmp_path / "o1").exists()
@@ -377,17 +379,17 @@ def test_a_crash_leaves_no_half_export(checkpoints, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    loaded = export._load_checkpoint(checkpoints["lora"])
-    monkeypatch.setattr(export, "_load_checkpoint", lambda checkpoint: loaded)  # load once
-    monkeypatch.setattr(export, "generation_config", crash)  # after the weights were written
+    loaded = common.load_checkpoint(checkpoints["lora"])
+    monkeypatch.setattr(llava, "load_checkpoint", lambda checkpoint, check: loaded)  # load once
+    monkeypatch.setattr(llava, "generation_config", crash)  # after the weights were written
     with pytest.raises(RuntimeError, match="disk full"):
-        export.export(checkpoints["lora"], tmp_path / "new", dtype="float32")
+        llava.export(checkpoints["lora"], tmp_path / "new", dtype="float32")
     assert sorted(os.listdir(tmp_path)) == []
     old = tmp_path / "old"
     old.mkdir()
     (old / "config.json").write_text("{}")
     with pytest.raises(RuntimeError, match="disk full"):
-        export.export(checkpoints["lora"], old, dtype="float32", overwrite=True)
+        llava.export(checkpoints["lora"], old, dtype="float32", overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["old"] and (old / "config.json").read_text() == "{}"
 
 
@@ -464,8 +466,6 @@ def test_transformers_serve_answers_like_our_predictor(predictors, server):
 
 
 def test_infer_server_against_transformers_serve(predictors, server, tmp_path):
-    if not (ROOT / "infer.py").is_file() or not (ROOT / "model" / "remote.py").is_file():
-        pytest.fail("infer.py --server is part of the product: infer.py / model/remote.py are missing")
     url, model_name = server
     image_path = tmp_path / "square.png"
     picture().save(image_path)

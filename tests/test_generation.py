@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from config import GenerationSettings
-from model.generation import SamplingSettings, generate
+from inference.generation import SamplingSettings, generate
 from tests.conftest import make_model
 from tests.test_model import batch, llava_from
 
@@ -112,7 +112,7 @@ def test_sampling_settings_from_config():
 
 
 def test_top_k_top_p_sample_only_from_the_kept_tokens():
-    from model.generation import _sample
+    from inference.generation import _sample
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 1000, generator=g) * torch.tensor([[3.0], [0.01]])  # peaked row, nearly flat row

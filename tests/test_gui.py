@@ -1,4 +1,4 @@
-"""gui.py and gui_controller.py: the controller without a display, then the real app under Xvfb.
+"""gui.py and ui/controller.py: the controller without a display, then the real app under Xvfb.
 
 The checkpoint is real: the tiny model, trained for a few steps (LoRA + projector) to answer
 every question with ``ANSWER``, saved with ``save_pretrained`` and loaded by the app through
@@ -24,8 +24,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gui_controller import BackendError, Controller, LocalBackend, ServerBackend
-from model.generation import SamplingSettings
+from inference.generation import SamplingSettings
+from ui.controller import BackendError, Controller, LocalBackend, ServerBackend
 from tests.conftest import ROOT, make_model
 from tests.fake_openai import FakeOpenAI
 

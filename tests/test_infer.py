@@ -21,8 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
+import cli
 import infer
-from model.generation import SamplingSettings
+from inference.generation import SamplingSettings
+from inference.predictor import Predictor
 from tests.conftest import ROOT, make_model
 from tests.fake_openai import FakeOpenAI
 
@@ -84,16 +86,18 @@ def trained(tiny, tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(trained):
-    from model.predictor import Predictor
-
     return Predictor.from_checkpoint(trained.checkpoint)
+
+
+def reuse(monkeypatch, predictor) -> None:
+    """Make every checkpoint load return ``predictor`` (in-process runs; the subprocess tests
+    cover loading)."""
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *args, **kwargs: predictor))
 
 
 @pytest.fixture
 def loaded(monkeypatch, predictor):
-    """In-process runs reuse the module's predictor instead of loading the checkpoint again (the
-    subprocess tests cover loading)."""
-    monkeypatch.setattr(infer, "load_predictor", lambda args, concurrency=8: predictor)
+    reuse(monkeypatch, predictor)
 
 
 def run_cli(*args, cwd, stdin=None, timeout=300):
@@ -236,8 +240,8 @@ def hand_made_export(checkpoint: Path, tokenizer, directory: Path) -> Path:
 
 
 def test_export_directory_answers_like_the_checkpoint(predictor, trained, tokenizer, tmp_path, capsys, monkeypatch):
-    from model.llava_adapter import LlavaAdapter, is_llava_export
-    from model.predictor import Predictor
+    from model.checkpoints import is_llava_export
+    from model.llava_adapter import LlavaAdapter
 
     images = [trained.red, trained.blue]
     expected = predictor.answer(images, [QUESTION] * 2, SETTINGS)
@@ -252,15 +256,16 @@ def test_export_directory_answers_like_the_checkpoint(predictor, trained, tokeni
     for directory in exports:
         assert is_llava_export(directory) and not is_llava_export(trained.checkpoint)
         # infer.py's loader (the CLI's own path), then the CLI itself with that predictor
-        loaded = infer.load_predictor(SimpleNamespace(server=None, checkpoint=str(directory), device="cpu", dtype=None))
+        loaded = cli.load_predictor(SimpleNamespace(server=None, checkpoint=str(directory), device="cpu", dtype=None))
         assert isinstance(loaded, Predictor) and isinstance(loaded.model, LlavaAdapter)
         got = loaded.answer(images, [QUESTION] * 2, SETTINGS)
         assert [a.token_ids for a in got] == [a.token_ids for a in expected], directory.name
         for a, b in zip(got, expected):
             assert a.mean_logprob == pytest.approx(b.mean_logprob, abs=1e-4)
-        monkeypatch.setattr(infer, "load_predictor", lambda args, concurrency=8: loaded)
-        assert infer.main(["--checkpoint", str(directory), "--image", str(trained.blue), "--question", QUESTION,
-                           "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+        with monkeypatch.context() as patch:
+            reuse(patch, loaded)
+            assert infer.main(["--checkpoint", str(directory), "--image", str(trained.blue), "--question", QUESTION,
+                               "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
         assert capsys.readouterr().out == expected[1].text + "\n"
 
 
@@ -316,7 +321,7 @@ def test_server_mode_sends_the_image_and_question(fake_server, trained, tmp_path
     bodies = fake_server.requests
     assert len(bodies) == 3 and all(b["model"] == "listed-model" and not b["stream"] for b in bodies)
 
-    from model.remote import RemotePredictor
+    from inference.remote import RemotePredictor
 
     fake_server.ignore_stream = True  # a server that does not stream: the whole answer as one piece
     assert list(RemotePredictor(fake_server.url, "m").stream(trained.blue, "Q?")) == ["blue (Q?)"]

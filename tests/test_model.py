@@ -11,7 +11,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from qwen import PromptRenderer, question_messages, record_messages
 from qwen.prompt import IGNORE_INDEX
-from tests.conftest import LORA, make_model
+from tests.conftest import LORA, base_model, make_model
 
 
 def llava_from(model) -> LlavaForConditionalGeneration:
@@ -211,12 +211,9 @@ def test_incomplete_checkpoint_is_refused(tiny, tmp_path):
 
 
 def test_timm_backbone(tiny, tokenizer):
-    from model import VQAModel
 
     torch.manual_seed(0)
-    model = VQAModel.from_bases(
-        vision_model=str(tiny["tiny-timm-vit"]), vision_backend="timm", language_model=str(tiny["tiny-qwen2"])
-    ).eval()
+    model = base_model(tiny, vision="tiny-timm-vit", vision_backend="timm").eval()
     # 4x4 patches + 1 class token, first one dropped.
     assert model.config.num_image_tokens == 16 and model.config.vision_hidden_size == 48
     ids, mask, pixels = batch(model, tokenizer, ["What colour?"])
@@ -302,13 +299,9 @@ def test_compiled_layers_trace_whole_and_match_eager(tiny, tokenizer):
 
 def test_tower_blocks_are_the_layers_it_runs(tiny):
     """blocks() is what compile_layers compiles: exactly the layers up to the feature layer."""
-    from model import VQAModel
 
     siglip = make_model(tiny, vision_feature_layer=-2).vision_tower
     layers = siglip.model.encoder.layers
     assert [id(b) for b in siglip.blocks()] == [id(layer) for layer in layers[: len(layers) - 1]]
-    timm = VQAModel.from_bases(
-        vision_model=str(tiny["tiny-timm-vit"]), vision_backend="timm", language_model=str(tiny["tiny-qwen2"]),
-        vision_feature_layer=-2,
-    ).vision_tower
+    timm = base_model(tiny, vision="tiny-timm-vit", vision_backend="timm", vision_feature_layer=-2).vision_tower
     assert [id(b) for b in timm.blocks()] == [id(b) for b in timm.model.blocks[: len(timm.model.blocks) - 1]]

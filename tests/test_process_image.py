@@ -23,7 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import process_image as pi  # noqa: E402
+from dataset import writer  # noqa: E402
+from dataset.merge import format_report, run  # noqa: E402
+from dataset.sources import MergeError  # noqa: E402
+from dataset.writer import OUTPUT_FILES  # noqa: E402
 from config import Config, DataSettings, SourceSettings  # noqa: E402
 
 TOKEN = "<|extra_0|>"
@@ -195,7 +198,7 @@ def make_config(tmp_path: Path, sources: list[dict], **data) -> Config:
 
 
 def load_outputs(out: Path) -> tuple[dict, list, dict]:
-    return tuple(json.loads((out / name).read_text(encoding="utf-8")) for name in pi.OUTPUT_FILES)
+    return tuple(json.loads((out / name).read_text(encoding="utf-8")) for name in OUTPUT_FILES)
 
 
 def placeholder_count(record: dict) -> int:
@@ -232,7 +235,7 @@ def llava_source(tmp_path: Path, name: str, records: list, image_dir: Path) -> d
 
 
 def test_ai_challenger_output(tmp_path, ai_source):
-    stats = pi.run(make_config(tmp_path, [ai_source]))
+    stats = run(make_config(tmp_path, [ai_source]))
     images, qa, stats_json = load_outputs(tmp_path / "out")
 
     assert list(images) == ["0", "1"]  # ids start at 0, in file order
@@ -266,7 +269,7 @@ def test_ai_challenger_variant_keys(tmp_path):
     ]
     touch(tmp_path / "img", "a.jpg", "b.jpg")
     path = write_json(tmp_path / "ai.json", raw)
-    pi.run(make_config(tmp_path, [{"type": "ai_challenger", "annotations": path, "image_dir": str(tmp_path / "img")}]))
+    run(make_config(tmp_path, [{"type": "ai_challenger", "annotations": path, "image_dir": str(tmp_path / "img")}]))
     _, qa, _ = load_outputs(tmp_path / "out")
     assert [r["id"] for r in qa] == ["ai_challenger/a.jpg", "ai_challenger/b.jpg"]
     assert [r["messages"][1]["content"] for r in qa] == ["一只猫在沙发上", "一只狗在草地上"]
@@ -282,7 +285,7 @@ def test_llava_ids_continue_and_shared_image_gets_one_id(tmp_path, ai_source, co
         llava_source(tmp_path, "conversation_58k", CONVERSATION_58K, coco / "coco" / "train2017"),
         llava_source(tmp_path, "mix665k", MIX_665K, coco),
     ]
-    stats = pi.run(make_config(tmp_path, sources))
+    stats = run(make_config(tmp_path, sources))
     images, qa, stats_json = load_outputs(tmp_path / "out")
 
     by_id = {r["id"]: r for r in qa}
@@ -335,7 +338,7 @@ def test_llava_passthrough_keys_and_text_only_records(tmp_path, coco):
         "conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi!"}],
     }
     source = llava_source(tmp_path, "mix665k", [text_only, record], coco)
-    stats = pi.run(make_config(tmp_path, [source]))
+    stats = run(make_config(tmp_path, [source]))
     _, qa, _ = load_outputs(tmp_path / "out")
     assert len(qa) == 1
     assert qa[0]["answers"] == ["couch"] * 10 and qa[0]["question_type"] == "where"
@@ -356,7 +359,7 @@ def test_swift_jsonl_reference_lines(tmp_path):
     path = tmp_path / "swift.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     source = {"type": "swift_jsonl", "annotations": str(path), "image_dir": str(tmp_path / "swift_images")}
-    stats = pi.run(make_config(tmp_path, [source]))
+    stats = run(make_config(tmp_path, [source]))
     images, qa, _ = load_outputs(tmp_path / "out")
 
     assert stats.sources[0].read == 18  # the blank line is not a record
@@ -377,8 +380,8 @@ def test_outputs_are_exactly_indented_utf8_json(tmp_path, ai_source, coco):
     """The fast writer must print exactly what json.dumps(ensure_ascii=False, indent=1) prints."""
     record = copy.deepcopy(DETAIL_23K[0])
     record.update(answers=["kite", "风筝", 'a "quoted"\nanswer'], question_type="what is the")
-    pi.run(make_config(tmp_path, [ai_source, llava_source(tmp_path, "detail", [record], coco)]))
-    for name in pi.OUTPUT_FILES:
+    run(make_config(tmp_path, [ai_source, llava_source(tmp_path, "detail", [record], coco)]))
+    for name in OUTPUT_FILES:
         text = (tmp_path / "out" / name).read_text(encoding="utf-8")
         assert text == json.dumps(json.loads(text), ensure_ascii=False, indent=1) + "\n", name
     qa_text = (tmp_path / "out" / "qa.json").read_text(encoding="utf-8")
@@ -402,7 +405,7 @@ def synthetic_ai(tmp_path: Path, count: int) -> dict:
 
 
 def choices(tmp_path: Path, source: dict, seed: int) -> list[tuple[str, str]]:
-    pi.run(make_config(tmp_path, [source], seed=seed))
+    run(make_config(tmp_path, [source], seed=seed))
     _, qa, _ = load_outputs(tmp_path / "out")
     return [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in qa]
 
@@ -548,7 +551,7 @@ def bad_input_source(tmp_path: Path, kind: str, bad: list) -> dict:
 @pytest.mark.parametrize("case, kind, bad, reason", BAD_CASES, ids=[c[0] for c in BAD_CASES])
 def test_bad_record_is_counted_and_skipped(tmp_path, case, kind, bad, reason):
     source = bad_input_source(tmp_path, kind, bad)
-    stats = pi.run(make_config(tmp_path, [source]))
+    stats = run(make_config(tmp_path, [source]))
     s = stats.sources[0]
     assert (s.read, s.records, s.skipped) == (2, 1, {reason: 1})
     where = "line 2" if kind == "swift_jsonl" else "record #1"
@@ -556,15 +559,15 @@ def test_bad_record_is_counted_and_skipped(tmp_path, case, kind, bad, reason):
     _, qa, stats_json = load_outputs(tmp_path / "out")
     assert len(qa) == 1
     assert stats_json["total"]["skipped"] == {reason: 1}
-    report = pi.format_report(stats)
+    report = format_report(stats)
     assert f"{reason} x1" in report and where in report
 
 
 @pytest.mark.parametrize("case, kind, bad, reason", BAD_CASES, ids=[c[0] for c in BAD_CASES])
 def test_bad_record_stops_the_run_when_asked(tmp_path, case, kind, bad, reason):
     source = bad_input_source(tmp_path, kind, bad)
-    with pytest.raises(pi.MergeError) as err:
-        pi.run(make_config(tmp_path, [source], on_error="stop"))
+    with pytest.raises(MergeError) as err:
+        run(make_config(tmp_path, [source], on_error="stop"))
     message = str(err.value)
     where = "line 2" if kind == "swift_jsonl" else "record #1"
     assert message.startswith(source["annotations"] + ": " + where) and f"[{reason}]" in message
@@ -573,7 +576,7 @@ def test_bad_record_stops_the_run_when_asked(tmp_path, case, kind, bad, reason):
 
 def test_skip_report_keeps_the_first_three_offenders(tmp_path, coco):
     records = [_llava(id=f"missing{i}", image=f"missing{i}.jpg") for i in range(5)] + [GOOD]
-    stats = pi.run(make_config(tmp_path, [llava_source(tmp_path, "llava", records, coco)]))
+    stats = run(make_config(tmp_path, [llava_source(tmp_path, "llava", records, coco)]))
     s = stats.sources[0]
     assert s.skipped == {"missing_image": 5} and s.records == 1
     assert [e.split(":")[0] for e in s.examples["missing_image"]] == [
@@ -585,7 +588,7 @@ def test_skip_report_keeps_the_first_three_offenders(tmp_path, coco):
 
 def test_check_images_off_accepts_missing_files(tmp_path, coco):
     source = llava_source(tmp_path, "llava", [_llava(image="not_there.jpg")], coco)
-    stats = pi.run(make_config(tmp_path, [source], check_images=False))
+    stats = run(make_config(tmp_path, [source], check_images=False))
     assert stats.records == 1 and stats.sources[0].skipped == {}
 
 
@@ -599,7 +602,7 @@ def test_existence_check_lists_each_directory_once(tmp_path, monkeypatch):
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", counting_scandir)
-    stats = pi.run(make_config(tmp_path, [source]))
+    stats = run(make_config(tmp_path, [source]))
     assert stats.records == 300
     assert calls == [os.path.realpath(tmp_path / "img")]
 
@@ -625,16 +628,16 @@ def test_unreadable_file_is_an_error_even_when_skipping(tmp_path, content, probl
     config = make_config(
         tmp_path, [{"type": "ai_challenger", "annotations": str(path), "image_dir": str(tmp_path / "img")}]
     )
-    with pytest.raises(pi.MergeError) as err:
-        pi.run(config)
+    with pytest.raises(MergeError) as err:
+        run(config)
     assert str(err.value).startswith(f"{path}: {problem}")
     assert not (tmp_path / "out").exists()
 
 
 def test_nothing_accepted_writes_nothing(tmp_path, coco):
     source = llava_source(tmp_path, "llava", [_llava(image="gone.jpg")], coco)
-    with pytest.raises(pi.MergeError, match="no record was accepted"):
-        pi.run(make_config(tmp_path, [source]))
+    with pytest.raises(MergeError, match="no record was accepted"):
+        run(make_config(tmp_path, [source]))
     assert not (tmp_path / "out").exists()
 
 
@@ -653,25 +656,25 @@ def test_configuration_mistakes(tmp_path, coco, data, problem):
     if data.pop("duplicate_names", False):
         sources = sources * 2
     sources = data.pop("sources", sources)
-    with pytest.raises(pi.MergeError) as err:
-        pi.run(make_config(tmp_path, sources, **data))
+    with pytest.raises(MergeError) as err:
+        run(make_config(tmp_path, sources, **data))
     assert problem in str(err.value)
 
 
 def test_failed_write_leaves_previous_output_untouched(tmp_path, ai_source, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    for name in pi.OUTPUT_FILES:
+    for name in OUTPUT_FILES:
         (out / name).write_text("previous run\n", encoding="utf-8")
 
     def broken(record):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pi, "format_record", broken)
-    with pytest.raises(pi.MergeError, match="No space left on device"):
-        pi.run(make_config(tmp_path, [ai_source]))
-    assert sorted(os.listdir(out)) == sorted(pi.OUTPUT_FILES)  # no temporary file left behind
-    assert all((out / name).read_text(encoding="utf-8") == "previous run\n" for name in pi.OUTPUT_FILES)
+    monkeypatch.setattr(writer, "format_record", broken)
+    with pytest.raises(MergeError, match="No space left on device"):
+        run(make_config(tmp_path, [ai_source]))
+    assert sorted(os.listdir(out)) == sorted(OUTPUT_FILES)  # no temporary file left behind
+    assert all((out / name).read_text(encoding="utf-8") == "previous run\n" for name in OUTPUT_FILES)
 
 
 # --------------------------------------------------------------------------------------------

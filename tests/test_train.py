@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, base_model
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_short_run_learns_and_changes_only_what_it_should(tiny, merged, tmp_path
     for key, value in load_file(str(tiny["tiny-siglip"] / "model.safetensors")).items():
         assert torch.equal(model.vision_tower.model.state_dict()[key], value), key
     assert model.vision_tower.training is False
-    fresh = VQAModel.from_bases(vision_model=str(tiny["tiny-siglip"]), language_model=str(tiny["tiny-qwen2"]))
+    fresh = base_model(tiny)
     assert not torch.equal(model.multi_modal_projector.linear_1.weight, fresh.multi_modal_projector.linear_1.weight)
     if stage == "sft":
         lora_b = [v for k, v in model.state_dict().items() if "lora_B" in k]
@@ -242,7 +242,8 @@ def test_cpu_runs_keep_freed_vocabulary_sized_blocks_in_the_heap():
     # blocks (hblkhd). A 64 MB tensor freed after keep_freed_memory must stay in the heap; by
     # default glibc mmaps it and returns it to the kernel. Own process: mallopt is process-wide.
     script = """
-import ctypes, torch, train
+import ctypes, torch
+from training.memory import keep_freed_memory
 from config import TrainSettings
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -252,7 +253,7 @@ def probe():
     x = torch.empty(16 * 2**20); mapped = libc.mallinfo2().hblkhd; del x
     return mapped, libc.mallinfo2().fordblks
 before = probe()
-applied = train.keep_freed_memory(TrainSettings(use_cpu=True))
+applied = keep_freed_memory(TrainSettings(use_cpu=True))
 print(before[0] >= 2**26, applied, probe()[1] >= 2**26)
 """
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, capture_output=True, text=True)
@@ -269,13 +270,13 @@ def _tiny_config(tiny, *extra):
 
 
 def test_learning_rate_groups_take_zero_as_a_rate(tiny):
-    import train
+    from training.build import build_model, param_groups
 
     def rates(*extra):
         cfg = _tiny_config(tiny, "train.learning_rate=1e-3", *extra)
-        model = train.build_model(cfg)
+        model = build_model(cfg)
         projector = {id(p) for p in model.multi_modal_projector.parameters()}
-        return {g["lr"] for g in train.param_groups(model, cfg.train) if id(g["params"][0]) in projector}
+        return {g["lr"] for g in param_groups(model, cfg.train) if id(g["params"][0]) in projector}
 
     assert rates("train.projector_learning_rate=0.0") == {0.0}  # not silently the LM's rate
     assert rates("train.projector_learning_rate=null") == {1e-3}
@@ -283,25 +284,24 @@ def test_learning_rate_groups_take_zero_as_a_rate(tiny):
 
 
 def test_init_from_takes_an_earlier_stage_and_refuses_another_layout(tiny, tmp_path, capsys):
-    import train
-    from model import VQAModel
+    from errors import UserError
+    from training.build import build_model
 
     # A pretrain-stage checkpoint: a projector with known weights.
-    pre = VQAModel.from_bases(vision_model=str(tiny["tiny-siglip"]), language_model=str(tiny["tiny-qwen2"]))
+    pre = base_model(tiny)
     pre.configure_training("projector")
     with torch.no_grad():
         for p in pre.multi_modal_projector.parameters():
             p.uniform_(-1, 1)
     pre.save_pretrained(tmp_path / "pretrain")
-    model = train.build_model(_tiny_config(tiny, f"train.init_from={tmp_path / 'pretrain'}"))
+    model = build_model(_tiny_config(tiny, f"train.init_from={tmp_path / 'pretrain'}"))
     for key, value in pre.multi_modal_projector.state_dict().items():
         assert torch.equal(model.multi_modal_projector.state_dict()[key], value), key
     assert all(not v.any() for k, v in model.state_dict().items() if "lora_B" in k)  # LoRA starts fresh
 
     # A full fine-tune checkpoint has LM weights a LoRA model does not: refused, nothing half-loaded.
-    full = VQAModel.from_bases(vision_model=str(tiny["tiny-siglip"]), language_model=str(tiny["tiny-qwen2"]))
+    full = base_model(tiny)
     full.configure_training("full")
     full.save_pretrained(tmp_path / "full")
-    with pytest.raises(SystemExit):
-        train.build_model(_tiny_config(tiny, f"train.init_from={tmp_path / 'full'}"))
-    assert "train.init_from:" in capsys.readouterr().err
+    with pytest.raises(UserError, match="train.init_from:"):
+        build_model(_tiny_config(tiny, f"train.init_from={tmp_path / 'full'}"))

@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vqa_metric import (  # noqa: E402
+from evaluation.vqa_metric import (  # noqa: E402
     exact_match,
     normalize_answer,
     process_digit_article,

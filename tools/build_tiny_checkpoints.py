@@ -20,7 +20,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: tools.* imports
 CHECKPOINTS = ROOT / "checkpoints"
+
+from atomic import replace_directory  # noqa: E402
 
 # Qwen2.5's added tokens, in id order from 151643 (tokenizer_config.json of Qwen2.5-*-Instruct).
 # The bool says whether the token is "special" (tool/FIM tokens are plain added tokens there).
@@ -115,20 +116,9 @@ def _atomic_dir(target: Path, build, spec: dict) -> Path:
     stamp = json.dumps(spec, sort_keys=True)
     if target.exists() and (target / SPEC_FILE).is_file() and (target / SPEC_FILE).read_text() == stamp:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with replace_directory(target) as tmp:
         build(tmp)
         (tmp / SPEC_FILE).write_text(stamp)
-        if target.exists():
-            stale = target.with_name(f".{target.name}.stale")
-            shutil.rmtree(stale, ignore_errors=True)
-            target.rename(stale)
-            shutil.rmtree(stale)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target
 
 

@@ -95,7 +95,7 @@ class SiglipTower(VisionTower):
         self.hidden_size = cfg.hidden_size
         self.num_positions = (cfg.image_size // cfg.patch_size) ** 2
         self.layers_to_run = _num_layers_to_run(feature_layer, cfg.num_hidden_layers)
-        self.preprocessor = _siglip_preprocessor(name_or_path, cfg.image_size)
+        self.preprocessor = siglip_preprocessor(name_or_path, cfg.image_size)
         self.finish_init()
 
     def hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,7 @@ class SiglipTower(VisionTower):
         return list(self.model.encoder.layers[: self.layers_to_run])
 
 
-def _siglip_preprocessor(name_or_path: str, image_size: int) -> ImagePreprocessor:
+def siglip_preprocessor(name_or_path: str, image_size: int) -> ImagePreprocessor:
     """Mean/std from the checkpoint's preprocessor_config.json when present (SigLIP: 0.5/0.5)."""
     import json
 

@@ -1,7 +1,7 @@
 """Ask an OpenAI-compatible server (vLLM, ``transformers serve``) instead of a local model.
 
 :class:`RemotePredictor` has the same ``answer``/``stream`` interface as
-:class:`model.predictor.Predictor`, so ``infer.py`` (and anything else) can switch between a local
+:class:`inference.predictor.Predictor`, so ``infer.py`` (and anything else) can switch between a local
 checkpoint and ``--server URL`` without other changes. Only the standard library is used.
 
 Each question is one ``POST URL/v1/chat/completions`` with one user message whose content is the
@@ -26,8 +26,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from errors import UserError
 
-class RemoteError(RuntimeError):
+
+class RemoteError(UserError, RuntimeError):
     """The server could not be reached or refused a request (one readable line)."""
 
 
@@ -108,7 +110,7 @@ class RemotePredictor:
         return self.model
 
     def payload(self, image, question: str, settings=None, stream: bool = False) -> dict:
-        from model.generation import SamplingSettings
+        from inference.generation import SamplingSettings
 
         s = settings or SamplingSettings()
         body = {

@@ -1,6 +1,6 @@
 """The GUI's logic without any Tk: backends, the worker thread, history, cancellation, errors.
 
-``gui.py`` is a thin Tkinter layer over :class:`Controller`. Everything that can go wrong (a file
+``ui.window`` is a thin Tkinter layer over :class:`Controller`. Everything that can go wrong (a file
 that is not an image, a missing checkpoint, a server that does not answer) and everything that
 takes time (loading the model, generating) lives here, so it is unit-tested without a display.
 
@@ -11,9 +11,9 @@ so the state is only ever touched by one thread and the UI never waits on the mo
 
 A backend is anything with ``load()`` (slow, may raise :class:`BackendError`), ``description``
 and ``ask(image, question, should_stop) -> Iterator[str]`` yielding answer pieces:
-:class:`LocalBackend` (a checkpoint through ``model.predictor.Predictor``) and
+:class:`LocalBackend` (a checkpoint through ``inference.predictor.Predictor``) and
 :class:`ServerBackend` (an OpenAI-compatible ``/v1/chat/completions`` endpoint: vLLM,
-``transformers serve``, through ``model.remote.RemotePredictor``, the client ``infer.py`` uses).
+``transformers serve``, through ``inference.remote.RemotePredictor``, the client ``infer.py`` uses).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """A local checkpoint (or run directory) answered by :class:`model.predictor.Predictor`."""
+    """A local checkpoint (or run directory) answered by :class:`inference.predictor.Predictor`."""
 
     def __init__(self, checkpoint: str | Path, settings=None, device: str | None = None,
                  dtype: str | None = None) -> None:
@@ -70,7 +70,7 @@ class LocalBackend:
     def load(self) -> None:
         if self.predictor is not None:
             return
-        from model.predictor import Predictor  # torch and transformers: import off the UI thread
+        from inference.predictor import Predictor  # torch and transformers: import off the UI thread
 
         try:
             self.predictor = Predictor.from_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device)
@@ -87,7 +87,7 @@ class LocalBackend:
 
 class ServerBackend:
     """An OpenAI-compatible server (vLLM, ``transformers serve``) through ``infer.py``'s client,
-    :class:`model.remote.RemotePredictor` (stdlib HTTP; the image goes as a PNG data URL).
+    :class:`inference.remote.RemotePredictor` (stdlib HTTP; the image goes as a PNG data URL).
 
     ``load()`` checks that the server answers ``GET /v1/models`` (so a wrong URL is reported when
     the app starts, not at the first question) and picks the model when none was named. ``ask``
@@ -96,7 +96,7 @@ class ServerBackend:
 
     def __init__(self, url: str, model: str | None = None, settings=None, timeout: float = 60.0,
                  api_key: str | None = None, stream: bool = True) -> None:
-        from model.remote import RemoteError, RemotePredictor
+        from inference.remote import RemoteError, RemotePredictor
 
         try:
             self.remote = RemotePredictor(url, model, timeout=timeout, api_key=api_key, concurrency=1)
@@ -132,7 +132,7 @@ class ServerBackend:
         self._checked = True
 
     def ask(self, image, question, should_stop=lambda: False) -> Iterator[str]:
-        from model.remote import RemoteError
+        from inference.remote import RemoteError
 
         self.load()
         try:

@@ -1,12 +1,11 @@
 """Asking questions about images: tokenizer + preprocessing + model + generation in one object.
 
-Shared by ``infer.py``, ``evaluate.py`` and ``gui.py`` so that every entry point builds prompts
-and pixels exactly the way training did.
+Shared by ``infer.py``, ``evaluate.py``, the GUI and training's held-out evaluation, so that every
+entry point builds prompts and pixels exactly the way training did.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,34 +13,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from model.generation import GenerationResult, SamplingSettings, generate, stream_generate
-from model.modeling import WEIGHTS_NAME, VQAModel
-from qwen import PromptRenderer, load_tokenizer, question_messages
+from inference.generation import GenerationResult, SamplingSettings, generate, stream_generate
+from inference.protocol import GenerativeVQA
+from qwen import PromptRenderer, question_messages
 from qwen.tokenizer import end_of_turn_ids
-
-_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / WEIGHTS_NAME).is_file()
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory whose newest complete ``checkpoint-N`` (or a
-    final top-level save) is used. Raises ``FileNotFoundError`` with the reason otherwise."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such checkpoint directory")
-    if is_complete_checkpoint(path):
-        return path
-    candidates = sorted(
-        (int(m.group(1)), p) for p in path.iterdir() if (m := _CHECKPOINT_DIR.match(p.name)) and is_complete_checkpoint(p)
-    )
-    if candidates:
-        return candidates[-1][1]
-    raise FileNotFoundError(
-        f"{path}: not a checkpoint (no config.json + {WEIGHTS_NAME}) and holds no complete checkpoint-N directory"
-    )
 
 
 @dataclass
@@ -53,33 +28,34 @@ class Answer:
 
 
 class Predictor:
-    def __init__(self, model: VQAModel, tokenizer, system_prompt: str | None = None) -> None:
+    def __init__(self, model: GenerativeVQA, tokenizer, system_prompt: str | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt if system_prompt is not None else model.config.system_prompt
         self.renderer = PromptRenderer(tokenizer, model.config.num_image_tokens, model.config.image_token)
-        self.preprocess = model.vision_tower.preprocessor
+        self.preprocess = model.preprocessor
         self.eos_token_ids = end_of_turn_ids(tokenizer)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: str | None = None, device: str | None = None) -> "Predictor":
         """A training checkpoint, a run directory (its newest checkpoint) or a LLaVA export."""
-        from model.llava_adapter import is_llava_export, load_llava_export
+        from model.checkpoints import is_llava_export, resolve_checkpoint
 
-        if is_llava_export(path):
-            return cls(*load_llava_export(path, dtype=dtype, device=device))
-        checkpoint = resolve_checkpoint(path)
+        checkpoint = resolve_checkpoint(path, allow_export=True)
+        if is_llava_export(checkpoint):
+            from model.llava_adapter import load_llava_export
+
+            return cls(*load_llava_export(checkpoint, dtype=dtype, device=device))
+        from model import VQAModel
+
         model = VQAModel.from_pretrained(checkpoint, dtype=dtype)
         if device:
             model.to(device)
-        tokenizer_src = checkpoint if (checkpoint / "tokenizer_config.json").is_file() else (
-            model.config.tokenizer or model.config.language_model
-        )
-        return cls(model, load_tokenizer(str(tokenizer_src), model.config.image_token))
+        return cls(model, model.checkpoint_tokenizer(checkpoint))
 
     @property
     def device(self) -> torch.device:
-        return self.model.multi_modal_projector.linear_1.weight.device
+        return self.model.device
 
     def prompt_ids(self, question: str) -> list[int]:
         return self.renderer.render(question_messages(question, self.system_prompt), add_generation_prompt=True).input_ids

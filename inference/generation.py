@@ -1,5 +1,6 @@
-"""KV-cache generation for :class:`model.VQAModel`: greedy or sampled, batched, streamable.
+"""KV-cache generation: greedy or sampled, batched, streamable.
 
+Runs any :class:`inference.protocol.GenerativeVQA` (a training checkpoint or a LLaVA export).
 A small loop of our own instead of ``GenerationMixin.generate``: the image splice happens once
 in the prefill, every later step feeds one token per row through the cache, and the loop yields
 each step so callers can stream text. Batches are left-padded; positions are counted from each
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import nn
 from transformers import DynamicCache
+
+from inference.protocol import GenerativeVQA
 
 
 @dataclass
@@ -134,7 +137,7 @@ def _sample(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generato
 
 @torch.inference_mode()
 def stream_generate(
-    model,
+    model: GenerativeVQA,
     input_ids: torch.Tensor,
     pixel_values: torch.Tensor | None,
     attention_mask: torch.Tensor | None = None,
@@ -196,7 +199,7 @@ def stream_generate(
         next_position = next_position + 1
 
 
-def generate(model, input_ids, pixel_values, attention_mask=None, settings=None, eos_token_ids=(), pad_token_id=0) -> GenerationResult:
+def generate(model: GenerativeVQA, input_ids, pixel_values, attention_mask=None, settings=None, eos_token_ids=(), pad_token_id=0) -> GenerationResult:
     """Run :func:`stream_generate` to the end and collect each row's tokens and log-probabilities."""
     batch = input_ids.shape[0]
     result = GenerationResult([[] for _ in range(batch)], [[] for _ in range(batch)])

@@ -1,0 +1,104 @@
+"""Writing files and directories so that a crash never leaves half of one.
+
+Everything goes to a temporary sibling first (same directory, so the final rename stays on one
+file system), is flushed to disk, and is renamed into place only when complete. Readers see the
+old content or the new one, never a mixture; on any error the temporaries are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+# Text pieces joined per write() call when streaming a document (bounded memory, few syscalls).
+_PIECES_PER_WRITE = 4096
+
+
+def _temporary_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) atomically."""
+    write_documents(Path(path).parent, {Path(path).name: [text]})
+
+
+def write_documents(directory: str | Path, documents: Mapping[str, Iterable[str]]) -> None:
+    """Write several files into ``directory`` as one unit: each document (an iterable of text
+    pieces, streamed) goes to a temporary file, all are fsynced, then all are renamed into place.
+
+    On any failure (an ``OSError`` or an exception raised while producing a document) nothing is
+    renamed and the temporaries are removed, so the directory keeps its previous files.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pending: list[tuple[Path, Path]] = []
+    try:
+        for name, document in documents.items():
+            final = directory / name
+            tmp = _temporary_name(final)
+            pending.append((tmp, final))
+            with open(tmp, "x", encoding="utf-8") as f:
+                for chunk in _batched(document):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, final in pending:
+            os.replace(tmp, final)
+        fsync_directory(directory)
+    finally:
+        for tmp, _ in pending:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _batched(pieces: Iterable[str]) -> Iterator[str]:
+    buffer: list[str] = []
+    for piece in pieces:
+        buffer.append(piece)
+        if len(buffer) >= _PIECES_PER_WRITE:
+            yield "".join(buffer)
+            buffer.clear()
+    yield "".join(buffer)
+
+
+@contextmanager
+def replace_directory(output: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``output``; when the block ends without an error it
+    replaces ``output`` (whose old contents are removed only after the swap). On an error the
+    temporary is removed and ``output`` stays exactly as it was."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
+    old = output.parent / f".{output.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if output.exists():
+            output.rename(old)
+        tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not output.exists():
+            old.rename(output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_directory(path: str | Path) -> None:
+    """Make renames inside ``path`` durable; not every platform can open a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,120 @@
+"""What every export format needs: refusals, loading a checkpoint once, the merged LM weights,
+checks on the output directory, and writing it atomically.
+
+A format module (``exporters/llava.py``, later ``gguf.py``) maps the loaded model into its own
+layout and writes its files into the temporary directory ``atomic.replace_directory`` yields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from errors import UserError
+from model.checkpoints import resolve_checkpoint
+
+
+class ExportRefused(UserError):
+    """A checkpoint or output the export cannot (or must not) handle; the message is one line."""
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No progress bars or info warnings while loading: a refusal stays one line on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def resolve(checkpoint: str | Path) -> Path:
+    """The checkpoint a path names (a run directory: its newest complete one), or a refusal."""
+    try:
+        return resolve_checkpoint(checkpoint)
+    except FileNotFoundError as exc:
+        raise ExportRefused(f"incomplete checkpoint: {exc}") from None
+
+
+def load_checkpoint(checkpoint: str | Path, check=lambda config: None):
+    """``(path, model, tokenizer)``: the model in float32 (for an exact merge), eval mode.
+    ``check(config)`` runs on the checkpoint's config before any weights load (a format's refusals)."""
+    from model.configuration import VQAConfig
+    from model.modeling import VQAModel
+
+    path = resolve(checkpoint)
+    try:
+        with quiet_transformers():
+            config = VQAConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ExportRefused(f"{path}: unreadable config.json ({exc})") from None
+    if config.model_type != VQAConfig.model_type:
+        raise ExportRefused(f"{path}: not a {VQAConfig.model_type} checkpoint")
+    check(config)
+    try:
+        with quiet_transformers():
+            model = VQAModel.from_pretrained(path, dtype="float32").eval()
+    except ValueError as exc:
+        raise ExportRefused(f"incomplete checkpoint: {exc}") from None
+    except OSError as exc:
+        raise ExportRefused(f"{path}: cannot load the checkpoint or its base models ({exc})") from None
+    with quiet_transformers():  # AutoTokenizer reads our config.json and warns about its model type
+        tokenizer = model.checkpoint_tokenizer(path)
+    return path, model, tokenizer
+
+
+def check_output(output: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Refuse an output that is, contains or lies inside the checkpoint, is a file, or is a
+    non-empty directory (unless ``overwrite``)."""
+    out, ckpt = output.resolve(), checkpoint.resolve()
+    if out == ckpt or out in ckpt.parents or ckpt in out.parents:
+        raise ExportRefused(f"{output}: the output must not be, contain or lie inside the checkpoint {checkpoint}")
+    if out.exists() and not out.is_dir():
+        raise ExportRefused(f"{output}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportRefused(f"{output}: exists and is not empty (pass --overwrite to replace it)")
+
+
+
+def merged_lm_state(model) -> dict[str, torch.Tensor]:
+    """The causal LM's weights (``model.*``, ``lm_head.*``) with any LoRA adapter merged in.
+
+    Reads the adapter through peft's ``get_delta_weight`` instead of ``merge_and_unload`` so the
+    model passed in is left exactly as it was.
+    """
+    lm = model.causal_lm
+    state = {}
+    for key, value in lm.state_dict().items():
+        if "lora_" in key:
+            continue
+        state[key.replace(".base_layer.", ".")] = value
+    if model.config.lora is None:
+        return state
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in lm.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if getattr(module, "merged", False):
+            raise ExportRefused(f"LoRA layer {name} is already merged into its base weights")
+        key = f"{name}.weight"
+        weight = state[key]
+        delta = None
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_A:
+                continue
+            if module.use_dora.get(adapter, False):
+                raise ExportRefused(f"LoRA layer {name} uses DoRA, which this export does not merge")
+            d = module.get_delta_weight(adapter).to(torch.float32)
+            delta = d if delta is None else delta + d
+        if delta is not None:
+            state[key] = (weight.to(torch.float32) + delta).to(weight.dtype)
+    return state

@@ -1,0 +1,59 @@
+"""The model a training run starts from, and the optimizer's parameter groups."""
+
+from __future__ import annotations
+
+import torch
+
+from config import Config, TrainSettings
+from errors import UserError
+
+
+def build_model(cfg: Config):
+    """A fresh :class:`model.VQAModel` from the configured bases, set up for the configured stage:
+    what trains, LoRA, an earlier stage's weights (``train.init_from``), compiled layers."""
+    from model import VQAModel
+    from model.checkpoints import resolve_checkpoint
+
+    t = cfg.train
+    model = VQAModel.from_settings(cfg.model, train_vision_tower=t.train_vision_tower)
+    finetune = "projector" if t.stage == "pretrain" else t.finetune
+    lora = None
+    if finetune == "lora":
+        lora = {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout, "target_modules": t.lora.target_modules}
+    model.configure_training(finetune, lora, train_embeddings=t.train_embeddings)
+    if t.init_from:
+        # An earlier stage's weights (after LoRA wrapping, so its adapters find their names):
+        # a pretrain checkpoint's projector, or an sft checkpoint's projector and LM.
+        try:
+            model.load_trained_weights(resolve_checkpoint(t.init_from) / "model.safetensors", partial=True)
+        except (UserError, ValueError) as exc:
+            raise UserError(f"train.init_from: {exc}") from None
+    if t.torch_compile:
+        model.compile_layers()
+    # Master weights of what trains stay fp32; bf16 compute comes from autocast (or DeepSpeed).
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
+def param_groups(model, t: TrainSettings) -> list[dict]:
+    """Separate learning rates for the projector, the language model and the vision tower."""
+    def own(rate: float | None) -> float:
+        return t.learning_rate if rate is None else rate  # 0 is a rate (frozen by schedule), not "unset"
+
+    lrs = {
+        "multi_modal_projector.": own(t.projector_learning_rate),
+        "vision_tower.": own(t.vision_learning_rate),
+        "language_model.": t.learning_rate,
+    }
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        prefix = next(p for p in lrs if name.startswith(p))
+        no_decay = param.ndim < 2  # biases and norms
+        key = f"{prefix}{'no_decay' if no_decay else 'decay'}"
+        group = groups.setdefault(key, {"params": [], "lr": lrs[prefix], "weight_decay": 0.0 if no_decay else t.weight_decay})
+        group["params"].append(param)
+    return list(groups.values())

@@ -1,0 +1,97 @@
+"""One training run, as ``train.py`` starts it: check, build, train, save.
+
+The supervised stages (``pretrain``: projector only; ``sft``: projector + LoRA or the full LM)
+share everything here; their difference is only what :func:`training.build.build_model` makes
+trainable. The loss is the model's own (``VQAModel.supervised_loss``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from config import Config, config_to_dict
+from errors import UserError
+from training.checks import resume_checkpoint, validate
+from training.memory import keep_freed_memory
+from training.reporting import setup_wandb
+
+
+def _datasets(cfg: Config, model, tokenizer):
+    from dataset.vqa_dataset import VQADataset
+    from qwen import PromptRenderer
+
+    renderer = PromptRenderer(tokenizer, model.config.num_image_tokens, cfg.model.image_token)
+
+    def make(path, limit=None):
+        return VQADataset(path, renderer, model.preprocessor, cfg.data.max_length, cfg.model.image_token,
+                          cfg.model.system_prompt, limit=limit)
+
+    try:
+        train_set = make(cfg.data.train_file)
+        eval_set = make(cfg.data.eval_file, cfg.data.eval_max_samples) if cfg.data.eval_file else None
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    return train_set, eval_set
+
+
+def _held_out_records(cfg: Config):
+    """Records and image table for ``train.eval_vqa`` (None, None when it is off)."""
+    if not (cfg.data.eval_file and cfg.train.eval_vqa):
+        return None, None
+    from dataset.records import load_merged
+
+    records, images = load_merged(cfg.data.eval_file)
+    return records[: cfg.data.eval_max_samples], images
+
+
+def train(cfg: Config) -> Path:
+    """Run the configured training to the end (or its stop step / time limit); returns the
+    output directory, which then holds the final weights beside its ``checkpoint-N``."""
+    from dataset.collate import Collator
+    from qwen import load_tokenizer
+    from training.build import build_model
+    from training.callbacks import WallClock
+    from training.trainer import VQATrainer, training_arguments
+
+    t = cfg.train
+    validate(cfg)
+    resume_dir = resume_checkpoint(t)
+    setup_wandb(t)
+    keep_freed_memory(t)
+
+    torch.manual_seed(t.seed)
+    model = build_model(cfg)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.language_model, cfg.model.image_token)
+    train_set, eval_set = _datasets(cfg, model, tokenizer)
+    eval_records, eval_images = _held_out_records(cfg)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"training {model.config.finetune} ({trainable:,} parameters) on {len(train_set):,} samples"
+              + (f", skipped {dict(train_set.skipped)}" if train_set.skipped else ""), flush=True)
+        Path(t.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(t.output_dir) / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2, ensure_ascii=False))
+        if resume_dir:
+            print(f"resuming from {resume_dir}", flush=True)
+
+    trainer = VQATrainer(
+        model=model,
+        args=training_arguments(cfg),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[WallClock(cfg, eval_records, eval_images, tokenizer)],
+        settings=t,
+        group_by_length=cfg.data.group_by_length,
+    )
+    trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    trainer.save_model(t.output_dir)
+    trainer.save_state()
+    if rank0:
+        print(f"saved the trained model to {t.output_dir}", flush=True)
+    return Path(t.output_dir)

@@ -1,0 +1,1 @@
+"""The Tkinter app: the window (``ui.window``) over a display-free controller (``ui.controller``)."""
