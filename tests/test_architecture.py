@@ -1,0 +1,114 @@
+"""The shape of the code base holds: scripts are thin command lines that nothing imports, and
+library packages import only downward (docs/architecture.md draws the same picture).
+
+Every ``import`` statement is read with ``ast`` (imports inside functions included), so a lazy
+import cannot hide an arrow that goes the wrong way.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+# The command lines: nothing imports them (tests call ``main(argv)`` and nothing else, or run them
+# as processes).
+SCRIPTS = {"process_image", "train", "infer", "evaluate", "export", "gui"}
+# What each library package or top-level module may import from this repository.
+ALLOWED = {
+    "errors": set(),
+    "atomic": set(),
+    "config": {"errors"},
+    "visual": {"config", "errors"},
+    "qwen": {"config", "errors"},
+    "model": {"config", "errors", "visual", "qwen"},
+    "dataset": {"config", "errors", "atomic", "qwen", "visual"},
+    "inference": {"config", "errors", "dataset", "model", "qwen", "visual"},
+    "evaluation": {"config", "errors", "atomic", "dataset", "visual"},
+    "exporters": {"config", "errors", "atomic", "model", "qwen", "visual"},
+    "training": {"config", "errors", "atomic", "dataset", "evaluation", "inference", "model", "qwen", "visual"},
+    "ui": {"config", "errors", "inference", "visual"},
+    "cli": {"config", "errors", "inference", "model"},
+}
+LIBRARY = set(ALLOWED)
+# Folders of helpers that may use any library module, but no script.
+HELPERS = {"tools", "bench", "tests"}
+SKIP = {".venv", ".git", "checkpoints", "data", "outputs", "runs", "wandb", "test-artifacts"}
+
+
+def python_files() -> list[Path]:
+    return sorted(p for p in ROOT.rglob("*.py") if not SKIP & set(p.relative_to(ROOT).parts))
+
+
+def top(path: Path) -> str:
+    """The top-level name a file belongs to: its package, or its own module name."""
+    first = path.relative_to(ROOT).parts[0]
+    return first.removesuffix(".py")
+
+
+def imported(path: Path) -> list[tuple[int, str, ast.AST]]:
+    """(line, top-level name, node) of every import of this repository's code in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    own = LIBRARY | SCRIPTS | HELPERS
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [(node.lineno, name.split(".")[0], node) for name in names if name.split(".")[0] in own]
+    return found
+
+
+def test_every_top_level_module_is_classified():
+    tops = {top(p) for p in python_files()}
+    unknown = tops - LIBRARY - SCRIPTS - HELPERS
+    assert not unknown, f"classify these in tests/test_architecture.py (and docs/architecture.md): {sorted(unknown)}"
+    assert SCRIPTS <= tops
+
+
+@pytest.mark.parametrize("path", [p for p in python_files() if top(p) in LIBRARY | SCRIPTS],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_library_and_scripts_import_only_downward(path):
+    owner = top(path)
+    allowed = ALLOWED.get(owner, LIBRARY)  # a script may use any library module
+    wrong = [f"line {line}: {name}" for line, name, _ in imported(path)
+             if name != owner and name not in allowed]
+    assert not wrong, f"{path.relative_to(ROOT)} ({owner}) imports upward or a script: {wrong}"
+
+
+def script_uses(tree: ast.AST, names: set[str]) -> list[str]:
+    """Uses of an imported script other than ``SCRIPT.main``."""
+    bad = []
+    mains = {id(node.value) for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and node.attr == "main" and isinstance(node.value, ast.Name)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in names and id(node) not in mains:
+            bad.append(f"line {node.lineno}: {node.id}")
+    return bad
+
+
+@pytest.mark.parametrize("path", [p for p in python_files() if top(p) in HELPERS],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_helpers_call_scripts_only_through_main(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names, wrong = set(), []
+    for line, name, node in imported(path):
+        if name not in SCRIPTS:
+            continue
+        if isinstance(node, ast.ImportFrom) or top(path) != "tests":
+            wrong.append(f"line {line}: imports from {name}")
+        names |= {alias.asname or alias.name for alias in node.names}
+    wrong += script_uses(tree, names)
+    assert not wrong, f"{path.relative_to(ROOT)} reaches into a script: {wrong}"
+
+
+def test_scripts_are_thin():
+    for name in SCRIPTS:
+        lines = (ROOT / f"{name}.py").read_text(encoding="utf-8").count("\n")
+        assert lines <= 250, f"{name}.py has {lines} lines: move the work into a library package"
