@@ -1,4 +1,4 @@
-"""A demo training step on the CPU with glibc's default malloc vs ``train.keep_freed_memory``.
+"""A demo training step on the CPU with glibc's default malloc vs ``training.memory.keep_freed_memory``.
 
 The demo model and settings of ``configs/demo.yaml`` (full fine-tune of the LM with its embeddings
 and head frozen, tower frozen), batch 32 of demo-style one-word answers. Both settings run in one

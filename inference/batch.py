@@ -17,8 +17,7 @@ from pathlib import Path
 
 from dataset.records import first_turn_question, image_path, load_merged
 from errors import UserError, one_line
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from visual.image_files import IMAGE_EXTENSIONS, is_image_name
 
 
 @dataclass
@@ -54,7 +53,7 @@ def images_in(folder: Path) -> list[Path]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            if is_image_name(name):
                 found.append(Path(root) / name)
     return sorted(found)
 

@@ -13,13 +13,12 @@ import pytest
 import evaluate
 from evaluation import vqa_metric
 from evaluation.records import evaluate_records, ground_truth
-from tests.conftest import ROOT
-from tests.test_infer import ENV, MAX_NEW_TOKENS, QUESTION, SETTINGS, build_trained_checkpoint
+from inference.generation import SamplingSettings
+from tests.conftest import COLOUR_QUESTION as QUESTION
+from tests.conftest import OFFLINE_ENV, ROOT
 
-
-@pytest.fixture(scope="module")
-def trained(tiny, tokenizer, tmp_path_factory):
-    return build_trained_checkpoint(tiny, tokenizer, tmp_path_factory.getbasetemp() / "vqa-trained")
+MAX_NEW_TOKENS = 8
+SETTINGS = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_evaluate_cli_writes_predictions_and_consistent_metrics(trained, held_ou
     result = subprocess.run(
         [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(trained.checkpoint), "--data", str(held_out),
          "--output", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", "2"],
-        capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300,
+        capture_output=True, text=True, cwd=tmp_path, env=OFFLINE_ENV, timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "VQA accuracy" in result.stdout

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ import export
 from exporters import common, llava
 from inference.generation import SamplingSettings
 from qwen.chat_template import chat_template, default_system_prompt
-from tests.conftest import LORA, ROOT, base_model, make_model
+from tests.conftest import LORA, ROOT, base_model, free_port, make_model
 
 QUESTION = "What colour is the square?"
 SYSTEM_PROMPT = "你是视觉助手。\nAnswer briefly."
@@ -396,16 +395,10 @@ def test_a_crash_leaves_no_half_export(checkpoints, tmp_path, monkeypatch):
 # -- a real OpenAI-compatible server ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(exports, tmp_path_factory):
     """``transformers serve EXPORT_DIR`` on loopback (CPU); killed at teardown."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(exports["lora"]),
            "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]

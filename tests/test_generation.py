@@ -7,8 +7,7 @@ import torch
 
 from config import GenerationSettings
 from inference.generation import SamplingSettings, generate
-from tests.conftest import make_model
-from tests.test_model import batch, llava_from
+from tests.conftest import llava_from, make_model, question_batch
 
 QUESTIONS = ["What colour is the square?", "How many?", "Is there a small red circle on the left side?"]
 
@@ -45,7 +44,7 @@ def manual_greedy(model, ids, mask, pixels, steps):
 
 def test_cached_equals_uncached_equals_manual_loop(model, tokenizer):
     steps = 10
-    ids, mask, pixels = batch(model, tokenizer, QUESTIONS[:1])
+    ids, mask, pixels = question_batch(model, tokenizer, QUESTIONS[:1])
     ours = generate(model, ids, pixels, mask, SamplingSettings(max_new_tokens=steps))
     manual, manual_lp = manual_greedy(model, ids, mask, pixels, steps)
     assert ours.sequences == manual.tolist()
@@ -65,7 +64,7 @@ def test_cached_equals_uncached_equals_manual_loop(model, tokenizer):
 
 def test_batched_left_padded_equals_one_at_a_time(model, tokenizer):
     steps = 8
-    ids, mask, pixels = batch(model, tokenizer, QUESTIONS, seed=3)
+    ids, mask, pixels = question_batch(model, tokenizer, QUESTIONS, seed=3)
     assert len(set(mask.sum(1).tolist())) == 3  # three different prompt lengths: real left padding
     alone = []
     for row in range(len(QUESTIONS)):
@@ -88,7 +87,7 @@ def test_batched_left_padded_equals_one_at_a_time(model, tokenizer):
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(model, tokenizer):
-    ids, mask, pixels = batch(model, tokenizer, QUESTIONS[:2])
+    ids, mask, pixels = question_batch(model, tokenizer, QUESTIONS[:2])
     greedy = generate(model, ids, pixels, mask, SamplingSettings(max_new_tokens=6)).sequences
     top1 = generate(model, ids, pixels, mask, SamplingSettings(max_new_tokens=6, do_sample=True, top_k=1, seed=5))
     assert top1.sequences == greedy
@@ -134,7 +133,7 @@ def test_top_k_top_p_sample_only_from_the_kept_tokens():
 
 
 def test_cached_transposed_head_follows_in_place_weight_changes(model, tokenizer):
-    ids, mask, pixels = batch(model, tokenizer, QUESTIONS[:1])
+    ids, mask, pixels = question_batch(model, tokenizer, QUESTIONS[:1])
     first = generate(model, ids, pixels, mask, SamplingSettings(max_new_tokens=3)).sequences[0]
     weight = model.lm_head.weight
     saved = weight.detach().clone()
@@ -149,3 +148,17 @@ def test_cached_transposed_head_follows_in_place_weight_changes(model, tokenizer
         with torch.no_grad():
             weight.copy_(saved)
     assert generate(model, ids, pixels, mask, SamplingSettings(max_new_tokens=3)).sequences[0] == first
+
+
+def test_both_model_kinds_offer_what_generation_needs(tiny):
+    """VQAModel and the LLaVA export adapter both implement inference.protocol.GenerativeVQA."""
+    from inference.protocol import GenerativeVQA, PromptSpec
+    from model.llava_adapter import LlavaAdapter
+
+    model = make_model(tiny).eval()
+    adapter = LlavaAdapter(llava_from(model), model.config.image_token, model.preprocessor)
+    members = {name for name in dir(GenerativeVQA) if not name.startswith("_")} | set(GenerativeVQA.__annotations__)
+    spec = set(PromptSpec.__annotations__)
+    for implementation in (model, adapter):
+        assert all(hasattr(implementation, name) for name in members), type(implementation).__name__
+        assert all(getattr(implementation.config, name) == getattr(model.config, name) for name in spec)

@@ -18,70 +18,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from PIL import Image
 
 import cli
 import infer
 from inference.generation import SamplingSettings
 from inference.predictor import Predictor
-from tests.conftest import ROOT, make_model
+from tests.conftest import COLOUR_QUESTION, OFFLINE_ENV, ROOT, free_port
 from tests.fake_openai import FakeOpenAI
 
-QUESTION = "What colour is it?"
+QUESTION = COLOUR_QUESTION
 MAX_NEW_TOKENS = 8
 SETTINGS = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS)
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-
-
-def build_trained_checkpoint(tiny, tokenizer, root: Path) -> SimpleNamespace:
-    """Train (once per test session: the result is cached under pytest's base temp dir) a
-    checkpoint that answers the colour of a solid image, and write a few test images. Full
-    fine-tuning: with LoRA alone the tiny LM's logits stay nearly uniform."""
-    from qwen import PromptRenderer, record_messages
-
-    ckpt, images = root / "checkpoint-25", root / "images"
-    if not (ckpt / "model.safetensors").is_file():
-        images.mkdir(parents=True, exist_ok=True)
-        (images / "sub").mkdir(exist_ok=True)
-        Image.new("RGB", (40, 30), (220, 20, 20)).save(images / "red.png")
-        Image.new("RGB", (30, 40), (20, 20, 220)).save(images / "blue.png")
-        Image.new("RGB", (32, 32), (200, 40, 30)).save(images / "sub" / "red2.jpg", quality=95)
-        (images / "broken.png").write_bytes(b"this is not a png")
-        (images / "notes.txt").write_text("not an image, ignored by extension\n")
-
-        model = make_model(tiny, finetune="full")
-        renderer = PromptRenderer(tokenizer, model.config.num_image_tokens)
-        pixels = torch.stack([model.vision_tower.preprocessor(images / f"{c}.png") for c in ("red", "blue")])
-        rows = [renderer.render(record_messages([{"role": "user", "content": f"<|extra_0|>\n{QUESTION}"},
-                                                 {"role": "assistant", "content": c}], system_prompt=None))
-                for c in ("red", "blue")]
-        width = max(len(r.input_ids) for r in rows)
-        ids = torch.full((2, width), tokenizer.pad_token_id)
-        labels = torch.full((2, width), -100)
-        mask = torch.zeros((2, width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r.input_ids):] = torch.tensor(r.input_ids)
-            labels[i, width - len(r.labels):] = torch.tensor(r.labels)
-            mask[i, width - len(r.input_ids):] = 1
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        model.train()
-        for _ in range(25):
-            model(input_ids=ids, pixel_values=pixels, attention_mask=mask, labels=labels).loss.backward()
-            opt.step()
-            opt.zero_grad()
-        model.eval()
-        tmp = root / ".checkpoint-tmp"
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(ckpt)
-    return SimpleNamespace(root=root, checkpoint=ckpt, images=images, red=images / "red.png",
-                           blue=images / "blue.png", red2=images / "sub" / "red2.jpg", broken=images / "broken.png")
-
-
-@pytest.fixture(scope="module")
-def trained(tiny, tokenizer, tmp_path_factory):
-    return build_trained_checkpoint(tiny, tokenizer, tmp_path_factory.getbasetemp() / "vqa-trained")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +50,7 @@ def loaded(monkeypatch, predictor):
 
 def run_cli(*args, cwd, stdin=None, timeout=300):
     return subprocess.run([sys.executable, str(ROOT / "infer.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=ENV, input=stdin, timeout=timeout)
+                          cwd=cwd, env=OFFLINE_ENV, input=stdin, timeout=timeout)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -225,7 +173,7 @@ def hand_made_export(checkpoint: Path, tokenizer, directory: Path) -> Path:
     from transformers import SiglipImageProcessor
 
     from model import VQAModel
-    from tests.test_model import llava_from
+    from tests.conftest import llava_from
 
     model = VQAModel.from_pretrained(checkpoint).eval()
     if hasattr(model.language_model, "merge_and_unload"):  # a LoRA checkpoint: merge the adapter
@@ -328,13 +276,8 @@ def test_server_mode_sends_the_image_and_question(fake_server, trained, tmp_path
 
 
 def test_unreachable_server_is_one_line(trained, capsys):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
     with pytest.raises(SystemExit) as exc:
-        infer.main(["--server", f"http://127.0.0.1:{port}", "--model", "m", "--image", str(trained.red),
+        infer.main(["--server", f"http://127.0.0.1:{free_port()}", "--model", "m", "--image", str(trained.red),
                     "--question", QUESTION])
     assert exc.value.code == 2
     err = capsys.readouterr().err

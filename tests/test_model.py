@@ -7,55 +7,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from qwen import PromptRenderer, question_messages, record_messages
+from qwen import PromptRenderer, record_messages
 from qwen.prompt import IGNORE_INDEX
-from tests.conftest import LORA, base_model, make_model
-
-
-def llava_from(model) -> LlavaForConditionalGeneration:
-    """An HF Llava holding our weights, mapped by hand from the module names."""
-    vision_cfg = model.vision_tower.model.config.to_dict()
-    vision_cfg["vision_use_head"] = False
-    cfg = LlavaConfig(
-        vision_config=vision_cfg,
-        text_config=model.text_config.to_dict(),
-        image_token_index=model.config.image_token_id,
-        image_seq_length=model.config.num_image_tokens,
-        vision_feature_layer=model.config.vision_feature_layer,
-        vision_feature_select_strategy="default" if model.config.vision_feature_select == "drop_first" else "full",
-        projector_hidden_act="gelu",
-        multimodal_projector_bias=True,
-    )
-    llava = LlavaForConditionalGeneration(cfg).eval()
-    state = {}
-    for k, v in model.vision_tower.model.state_dict().items():
-        state[f"model.vision_tower.{k}"] = v
-    for k, v in model.multi_modal_projector.state_dict().items():
-        state[f"model.multi_modal_projector.{k}"] = v
-    for k, v in model.decoder.state_dict().items():
-        state[f"model.language_model.{k}"] = v
-    state["lm_head.weight"] = model.lm_head.weight
-    missing, unexpected = llava.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected
-    assert not [m for m in missing if not m.startswith("model.vision_tower.post_layernorm")], missing
-    return llava
-
-
-def batch(model, tokenizer, questions, seed=0):
-    renderer = PromptRenderer(tokenizer, model.config.num_image_tokens)
-    rows = [renderer.render(question_messages(q, ""), add_generation_prompt=True).input_ids for q in questions]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    g = torch.Generator().manual_seed(seed)
-    size = model.vision_tower.preprocessor.size
-    pixels = torch.randn(len(rows), 3, size, size, generator=g)
-    return ids, mask, pixels
+from tests.conftest import LORA, base_model, llava_from, make_model, question_batch
 
 
 @pytest.mark.parametrize("language", ["tiny-qwen2", "tiny-qwen3"])
@@ -67,7 +22,7 @@ def test_logits_equal_transformers_llava(tiny, tokenizer, language, select):
     for p in model.multi_modal_projector.parameters():
         p.data.normal_(0, 0.5)
     llava = llava_from(model)
-    ids, mask, pixels = batch(model, tokenizer, ["What colour is the square?", "How many?"])
+    ids, mask, pixels = question_batch(model, tokenizer, ["What colour is the square?", "How many?"])
     with torch.no_grad():
         ours = model(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits
         ref = llava(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits
@@ -100,28 +55,6 @@ def test_supervised_loss_equals_full_logits_cross_entropy(tiny, tokenizer):
     n_sup = int((labels[:, 1:] != IGNORE_INDEX).sum())
     assert out.logits.shape == (n_sup, full.shape[-1])
     assert abs(out.loss.item() - expected.item()) < 1e-6
-
-
-def test_splice_places_features_exactly_and_checks_counts(tiny, tokenizer):
-    model = make_model(tiny).eval()
-    ids, mask, pixels = batch(model, tokenizer, ["Is there a red circle?", "Where?"])
-    with torch.no_grad():
-        embeds = model.embed(ids, pixels)
-        feats = model.image_features(pixels)
-        plain = model.get_input_embeddings()(ids)
-    image_mask = ids == model.config.image_token_id
-    assert int(image_mask.sum()) == 2 * model.config.num_image_tokens
-    for row in range(2):
-        torch.testing.assert_close(embeds[row][image_mask[row]], feats[row], atol=0, rtol=0)
-        torch.testing.assert_close(embeds[row][~image_mask[row]], plain[row][~image_mask[row]], atol=0, rtol=0)
-    with pytest.raises(ValueError, match="image token count mismatch"):
-        model.embed(ids, pixels[:1])
-    broken = ids.clone()
-    broken[0, int(image_mask[0].nonzero()[0])] = tokenizer.pad_token_id  # one image token too few
-    with pytest.raises(ValueError, match="image token count mismatch"):
-        model.embed(broken, pixels)
-    with pytest.raises(ValueError, match="no pixel_values"):
-        model.embed(ids, None)
 
 
 def test_lora_touches_only_the_language_model(tiny):
@@ -187,27 +120,11 @@ def test_save_load_roundtrip_is_bitwise(tiny, tokenizer, tmp_path, finetune):
     else:
         assert any(k.endswith("embed_tokens.weight") for k in keys) and not any(k.startswith("vision_tower.") for k in keys)
     loaded = VQAModel.from_pretrained(tmp_path / "ckpt").eval()
-    ids, mask, pixels = batch(model, tokenizer, ["What shape?", "Is it blue?"])
+    ids, mask, pixels = question_batch(model, tokenizer, ["What shape?", "Is it blue?"])
     with torch.no_grad():
         a = model(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits
         b = loaded(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits
     assert torch.equal(a, b)
-
-
-def test_incomplete_checkpoint_is_refused(tiny, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    from model import VQAModel
-
-    model = make_model(tiny, finetune="lora", lora=LORA)
-    model.save_pretrained(tmp_path)
-    state = load_file(str(tmp_path / "model.safetensors"))
-    state.pop(sorted(state)[0])
-    save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ValueError, match="incomplete checkpoint"):
-        VQAModel.from_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a model checkpoint"):
-        VQAModel.from_pretrained(tmp_path / "nope")
 
 
 def test_timm_backbone(tiny, tokenizer):
@@ -216,7 +133,7 @@ def test_timm_backbone(tiny, tokenizer):
     model = base_model(tiny, vision="tiny-timm-vit", vision_backend="timm").eval()
     # 4x4 patches + 1 class token, first one dropped.
     assert model.config.num_image_tokens == 16 and model.config.vision_hidden_size == 48
-    ids, mask, pixels = batch(model, tokenizer, ["What colour?"])
+    ids, mask, pixels = question_batch(model, tokenizer, ["What colour?"])
     with torch.no_grad():
         out = model(input_ids=ids, pixel_values=pixels, attention_mask=mask)
     assert out.logits.shape[:2] == ids.shape and torch.isfinite(out.logits).all()

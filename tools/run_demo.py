@@ -118,6 +118,7 @@ def main() -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
 
     from config import load_config
+    from dataset.records import first_turn_answer, first_turn_question, image_path, load_merged
 
     cfg = load_config(ROOT / args.config)
     run_dir = ROOT / cfg.train.output_dir
@@ -139,12 +140,12 @@ def main() -> int:
     run(*train_args)
 
     metrics = evaluate(args.config, run_dir, cfg.data.eval_file, out / "eval")
-    record = json.loads((ROOT / cfg.data.eval_file).read_text(encoding="utf-8"))[0]
-    images = json.loads((ROOT / heldout_dir / "images.json").read_text(encoding="utf-8"))
-    image = (ROOT / heldout_dir / images[str(record["image_id"])]["path"]).resolve()
-    question = record["messages"][0]["content"].replace(cfg.model.image_token, "").strip()
-    run("infer.py", "--config", args.config, "--checkpoint", str(run_dir), "--image", str(image), "--question", question)
-    print(f"(expected answer: {record['messages'][1]['content']})")
+    records, images = load_merged(ROOT / cfg.data.eval_file)
+    record = records[0]
+    question = first_turn_question(record, cfg.model.image_token)
+    run("infer.py", "--config", args.config, "--checkpoint", str(run_dir),
+        "--image", str(image_path(record, images).resolve()), "--question", question)
+    print(f"(expected answer: {first_turn_answer(record)})")
 
     plot(run_dir / "progress.jsonl", out / "progress.png")
     print(f"\nheld-out VQA accuracy: {metrics['vqa_accuracy']:.3f} on {metrics['count']} questions")

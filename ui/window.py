@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-IMAGE_PATTERNS = "*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff"
+from visual.image_files import IMAGE_EXTENSIONS
+
+IMAGE_PATTERNS = " ".join("*" + extension for extension in IMAGE_EXTENSIONS)
 SHORTCUTS = (
     ("Ctrl+O", "open an image"),
     ("Enter", "ask the question"),

@@ -1,15 +1,16 @@
 """Raw data formats ``process_image.py`` reads, one module each, found by ``data.sources[].type``.
 
-A source class takes ``(image_token, rng, question_templates)`` and offers ``read(path)`` (the raw
-items as ``(position, raw)`` pairs; an unreadable file is a :class:`MergeError`), ``parse(position,
-raw)`` (one :class:`Candidate`, or :class:`BadRecord` with a counted reason) and ``where(position)``
-(how a report names the item). Adding a format is one module plus one line below.
+A source is a :class:`Source` subclass: built with ``(image_token, rng, question_templates)``, it
+offers ``read(path)`` (the raw items as ``(position, raw)`` pairs; an unreadable file is a
+:class:`MergeError`), ``parse(position, raw)`` (one :class:`Candidate`, or :class:`BadRecord` with a
+counted reason) and ``where(position)`` (how a report names the item). Adding a format is one
+module plus one line below.
 """
 
 from __future__ import annotations
 
 from dataset.sources.ai_challenger import AIChallengerSource
-from dataset.sources.base import BadRecord, Candidate, MergeError
+from dataset.sources.base import BadRecord, Candidate, MergeError, Source
 from dataset.sources.llava import LlavaSource
 from dataset.sources.swift_jsonl import SwiftJsonlSource
 
@@ -19,7 +20,7 @@ SOURCES = {
     "swift_jsonl": SwiftJsonlSource,
 }
 
-__all__ = ["SOURCES", "BadRecord", "Candidate", "MergeError", "source_class"]
+__all__ = ["SOURCES", "BadRecord", "Candidate", "MergeError", "Source", "source_class"]
 
 
 def source_class(kind: str, where: str):

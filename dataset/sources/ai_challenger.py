@@ -9,22 +9,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from dataset.sources.base import LLAVA_ROLES, BadRecord, Candidate, image_name, message, read_json_list
+from dataset.sources.base import LLAVA_ROLES, BadRecord, Candidate, Source, image_name, message
 
 
-class AIChallengerSource:
-    def __init__(self, image_token: str, rng: random.Random, templates: list[str]) -> None:
-        self.rng, self.templates = rng, templates
-
-    def read(self, path: str) -> list[tuple[int, Any]]:
-        return list(enumerate(read_json_list(path)))
-
+class AIChallengerSource(Source):
     def parse(self, position: int, raw: Any) -> Candidate:
         return parse_ai_challenger(raw, self.rng, self.templates)
-
-    @staticmethod
-    def where(position: int) -> str:
-        return f"record #{position}"
 
 
 def _captions(entry: dict) -> list[str]:

@@ -8,6 +8,7 @@ one image file) or raises :class:`BadRecord` with a counted reason; the checks e
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,24 @@ LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant":
 RAW_IMAGE_TAG = "<image>"
 # Keys copied unchanged from a raw record when present (evaluation ground truth).
 PASSTHROUGH_KEYS = ("answers", "question_type")
+
+
+class Source:
+    """A raw format: ``read`` the file into (position, raw) pairs, ``parse`` one raw item into a
+    :class:`Candidate`, name a position for the report (``where``). The default reads a JSON list."""
+
+    def __init__(self, image_token: str, rng: random.Random, templates: list[str]) -> None:
+        self.image_token, self.rng, self.templates = image_token, rng, templates
+
+    def read(self, path: str) -> list[tuple[int, Any]]:
+        return list(enumerate(read_json_list(path)))
+
+    def parse(self, position: int, raw: Any) -> "Candidate":
+        raise NotImplementedError
+
+    @staticmethod
+    def where(position: int) -> str:
+        return f"record #{position}"
 
 
 class MergeError(UserError):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from dataset.sources.base import (
@@ -12,26 +11,16 @@ from dataset.sources.base import (
     RAW_IMAGE_TAG,
     BadRecord,
     Candidate,
+    Source,
     image_name,
     message,
-    read_json_list,
     record_id,
 )
 
 
-class LlavaSource:
-    def __init__(self, image_token: str, rng: random.Random, templates: list[str]) -> None:
-        self.image_token = image_token
-
-    def read(self, path: str) -> list[tuple[int, Any]]:
-        return list(enumerate(read_json_list(path)))
-
+class LlavaSource(Source):
     def parse(self, position: int, raw: Any) -> Candidate:
         return parse_llava(raw, position, self.image_token)
-
-    @staticmethod
-    def where(position: int) -> str:
-        return f"record #{position}"
 
 
 def parse_llava(entry: Any, index: int, image_token: str) -> Candidate:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 
 from dataset.sources.base import (
     PASSTHROUGH_KEYS,
     RAW_IMAGE_TAG,
     BadRecord,
     Candidate,
+    Source,
     image_name,
     message,
     read_jsonl_lines,
@@ -17,10 +17,7 @@ from dataset.sources.base import (
 )
 
 
-class SwiftJsonlSource:
-    def __init__(self, image_token: str, rng: random.Random, templates: list[str]) -> None:
-        self.image_token = image_token
-
+class SwiftJsonlSource(Source):
     def read(self, path: str) -> list[tuple[int, str]]:
         return read_jsonl_lines(path)
 
