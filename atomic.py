@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+from errors import UserError
 
 # Text pieces joined per write() call when streaming a document (bounded memory, few syscalls).
 _PIECES_PER_WRITE = 4096
@@ -102,3 +105,28 @@ def fsync_directory(path: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise :class:`errors.UserError` unless ``path`` (a file or directory, existing or not) can
+    be written: an existing file must open for appending, otherwise the nearest existing ancestor
+    must be a directory this process can create files in. Checked by creating and removing a probe file, which also catches read-only file systems
+    (where permission bits say nothing, e.g. for root)."""
+    path = Path(path)
+    if path.is_file():  # an existing file (a resumed JSONL): opening it to append changes nothing
+        try:
+            open(path, "ab").close()
+        except OSError as exc:
+            raise UserError(f"{path}: not writable ({exc.strerror or exc})") from None
+        return
+    ancestor = path.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{path}: cannot be created: {ancestor} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=ancestor)
+    except OSError as exc:
+        raise UserError(f"{path}: not writable ({ancestor}: {exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -12,7 +12,9 @@ loads the model afterwards, so a typo is reported at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import math
 import sys
 import typing
 from pathlib import Path
@@ -46,6 +48,26 @@ def entry_point(main: typing.Callable[[list[str] | None], int | None]):
     return wrapper
 
 
+@contextlib.contextmanager
+def on_interrupt(message: str) -> typing.Iterator[None]:
+    """Ctrl-C inside the block ends the script with ``message`` (what was kept, how to resume) as
+    one line on stderr and exit status 130 (what a shell reports for SIGINT), not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _close_progress_bars()
+        print(f"\ninterrupted: {message}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars still open (the Trainer's), so that they are not redrawn at exit
+    below the line that says what happened."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        bar.close()
+
+
 def run_cli(main: typing.Callable[[], int | None]) -> typing.NoReturn:
     """Run a script's ``main`` from ``if __name__ == "__main__"``: its return value is the exit
     status; Ctrl-C exits 130 with one line instead of a traceback (what a shell reports for SIGINT)."""
@@ -60,12 +82,29 @@ def run_cli(main: typing.Callable[[], int | None]) -> typing.NoReturn:
 # -- parsers ------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the scripts' error style: one line, exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
+
+
 def parser_from_doc(doc: str) -> argparse.ArgumentParser:
     """A parser whose ``--help`` is the script's manual page: the docstring's first paragraph on
     top, the options, then the rest of the docstring (examples, files, exit status)."""
     head, _, rest = doc.strip().partition("\n\n")
-    return argparse.ArgumentParser(description=head, epilog=rest or None,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return _Parser(description=head, epilog=rest or None, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is not nan or infinite (which would silently break sampling)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = DEFAULT_CONFIG) -> None:
@@ -109,7 +148,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, server: bool = True, se
         group.add_argument("--model", metavar="NAME",
                            help="--server: model name (default: the first one GET /v1/models lists)")
         group.add_argument("--api-key", metavar="KEY", help="--server: bearer token (default: $OPENAI_API_KEY)")
-        group.add_argument("--timeout", type=float, default=server_timeout, metavar="SECONDS",
+        group.add_argument("--timeout", type=finite_float, default=server_timeout, metavar="SECONDS",
                            help="--server: seconds to wait for a reply (default: %(default)s)")
     group.add_argument("--device", help="--checkpoint: cuda, cuda:1, cpu, ... (default: cuda when available, else cpu)")
     group.add_argument("--dtype", choices=DTYPE_NAMES,
@@ -121,8 +160,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, default=None)
     group = parser.add_argument_group("generation (override the config's generation section)")
     group.add_argument("--max-new-tokens", type=int, help="generation.max_new_tokens")
-    group.add_argument("--temperature", type=float, help="generation.temperature (sampling only)")
-    group.add_argument("--top-p", type=float, help="generation.top_p (sampling only)")
+    group.add_argument("--temperature", type=finite_float, help="generation.temperature (sampling only)")
+    group.add_argument("--top-p", type=finite_float, help="generation.top_p (sampling only)")
     group.add_argument("--top-k", type=int, help="generation.top_k (sampling only; 0: off)")
     sampling = group.add_mutually_exclusive_group()
     sampling.add_argument("--sample", dest="do_sample", action="store_true", default=None,
@@ -165,7 +204,7 @@ def sampling_settings(config: Config, args: argparse.Namespace | None = None):
 def check_model_arguments(args: argparse.Namespace) -> None:
     """Exactly one of ``--checkpoint``/``--server``, a server URL that can be one, and a checkpoint
     path that resolves to a complete checkpoint (checked before torch is imported)."""
-    from model.checkpoints import resolve_checkpoint
+    from model.checkpoints import describe_choice, resolve_checkpoint
 
     if getattr(args, "server", None):
         if args.checkpoint:
@@ -175,7 +214,9 @@ def check_model_arguments(args: argparse.Namespace) -> None:
     elif not args.checkpoint:
         fail("--checkpoint DIR is required" + (" (or --server URL)" if hasattr(args, "server") else ""))
     else:
-        resolve_checkpoint(args.checkpoint, allow_export=True)
+        note = describe_choice(args.checkpoint, resolve_checkpoint(args.checkpoint, allow_export=True))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def torch_device(name: str | None) -> str:
@@ -208,6 +249,18 @@ def load_predictor(args: argparse.Namespace, concurrency: int = 8):
     except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
         message = one_line(exc)
         fail(message if str(Path(args.checkpoint)) in message else f"{args.checkpoint}: cannot load: {message}")
+
+
+def text_argument(value: str, flag: str) -> str:
+    """``value`` unless it holds bytes that are not UTF-8 (Python keeps them as lone surrogates,
+    which no tokenizer accepts): then a one-line error naming the flag and the first bad byte."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character {bad!r}"
+        fail(f"{flag}: not valid UTF-8 text ({byte} at position {exc.start}); check the terminal's encoding")
+    return value
 
 
 def check_image(path: str | Path) -> None:

@@ -9,6 +9,7 @@ so they are checked exactly like the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from errors import UserError
+from errors import UserError, read_utf8
 
 # The image placeholder: one special token per image in a prompt (Qwen's <|extra_0|>).
 DEFAULT_IMAGE_TOKEN = "<|extra_0|>"
@@ -227,11 +228,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             # YAML 1.1 reads "1e-4" (no dot) as a string; accept it, it is unambiguous.
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -286,9 +289,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = str(path) if path is not None else "<defaults>"
     if path is not None:
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+            text = read_utf8(path, "config")
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             tree = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import cli
+from atomic import check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         cli.fail(f"{output}: exists and is not a directory")
+    check_writable(output)
     records, images = load_merged(data)
     if args.limit is not None:
         records = records[: max(0, args.limit)]
@@ -80,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from evaluation.records import evaluate_records, write_results
 
-    predictions, metrics = evaluate_records(
-        predictor, records, images, settings, config.generation.batch_size, progress=True
-    )
+    with cli.on_interrupt(f"nothing was written to {output}; run the same command again"):
+        predictions, metrics = evaluate_records(
+            predictor, records, images, settings, config.generation.batch_size, progress=True
+        )
     if not predictions:
         cli.fail(f"{data}: no record could be evaluated ({metrics['errors']} errors, {metrics['skipped']} skipped)")
     metrics.update(checkpoint=args.checkpoint, server=args.server, data=str(data), generation=asdict(settings))

@@ -21,8 +21,12 @@ without --overwrite, an incomplete checkpoint), with one line on stderr.
 
 from __future__ import annotations
 
+import sys
+
 import cli
+from atomic import check_writable
 from exporters import FORMATS, exporter
+from model.checkpoints import describe_choice
 
 
 @cli.entry_point
@@ -34,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weight dtype of the export")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     args = parser.parse_args(argv)
-    out = exporter(args.format).export(args.checkpoint, args.output, args.dtype, args.overwrite)
+    with cli.on_interrupt(f"nothing was exported; {args.output} is as it was"):
+        check_writable(args.output)
+        from exporters.common import resolve  # torch from here on
+
+        note = describe_choice(args.checkpoint, resolve(args.checkpoint))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        out = exporter(args.format).export(args.checkpoint, args.output, args.dtype, args.overwrite)
     print(f"exported {args.checkpoint} -> {out} ({args.format}, {args.dtype})")
     print(f"serve it with: vllm serve {out.resolve()} --chat-template-content-format openai")
     return 0

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_config_arguments(parser, default=None)  # generation.* settings (max_new_tokens, sampling)
     hooks = parser.add_argument_group("test hooks")
     hooks.add_argument("--state-file", type=Path, metavar="PATH", help="write the app's state as JSON here after every change")
-    hooks.add_argument("--test-token-delay", type=float, default=0.0, metavar="SECONDS",
+    hooks.add_argument("--test-token-delay", type=cli.finite_float, default=0.0, metavar="SECONDS",
                        help="wait this long before every generated token (to test responsiveness)")
     return parser
 

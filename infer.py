@@ -53,9 +53,13 @@ def print_streamed(predictor, image, question: str, settings) -> str:
 
 
 def interactive(predictor, image, settings) -> None:
+    from errors import UserError
+
     tty = sys.stdin.isatty()
     if tty:
         print("Ask about the image; an empty line, 'exit' or Ctrl-D ends.", file=sys.stderr)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # bad bytes reach the check below, not a traceback
     while True:
         if tty:
             sys.stdout.write("question> ")
@@ -64,7 +68,12 @@ def interactive(predictor, image, settings) -> None:
         question = line.strip()
         if not line or not question or question.lower() in EXIT_WORDS:
             return
-        print_streamed(predictor, image, question, settings)
+        try:
+            question.encode("utf-8")
+            print_streamed(predictor, image, question, settings)
+        except (UnicodeEncodeError, UserError) as exc:  # say why, then ask for the next question
+            reason = "not valid UTF-8 text" if isinstance(exc, UnicodeEncodeError) else str(exc)
+            print(f"error: {reason}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the question (with --images DIR: asked of every image; with qa.json: replaces the records')")
     inputs.add_argument("--output", metavar="FILE.jsonl", help="batch output, appended to and resumed from")
     inputs.add_argument("--retry-errors", action="store_true", help="batch: ask again where the output holds an error")
-    inputs.add_argument("--review-threshold", type=float,
+    inputs.add_argument("--review-threshold", type=cli.finite_float,
                         help="generation.review_threshold: flag answers whose confidence is below it")
     cli.add_generation_arguments(parser)
     return parser
@@ -88,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 def check_arguments(args: argparse.Namespace) -> None:
     if args.image is None and args.images is None:
         cli.fail("give --image PATH (one image) or --images DIR_OR_QA_JSON (a batch)")
-    if args.question is not None and not args.question.strip():
-        cli.fail("the question is empty")
+    if args.question is not None:
+        cli.text_argument(args.question, "--question")
+        if not args.question.strip():
+            cli.fail("the question is empty")
     if args.images is not None and not args.output:
         cli.fail("--images needs --output FILE.jsonl")
     if args.output and args.images is None:
@@ -113,6 +124,7 @@ def ask_one_image(args: argparse.Namespace, config) -> int:
 
 
 def answer_batch(args: argparse.Namespace, config) -> int:
+    from atomic import check_writable
     from inference.batch import collect_items, run_batch
 
     threshold = args.review_threshold if args.review_threshold is not None else config.generation.review_threshold
@@ -120,6 +132,7 @@ def answer_batch(args: argparse.Namespace, config) -> int:
     output = Path(args.output)
     if output.is_dir():
         cli.fail(f"{output}: is a directory; --output takes a .jsonl file")
+    check_writable(output)
     settings = cli.sampling_settings(config, args)
     predictor = cli.load_predictor(args, concurrency=config.generation.batch_size)
     try:

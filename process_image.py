@@ -36,7 +36,8 @@ from __future__ import annotations
 import sys
 
 import cli
-from dataset.merge import format_report, run
+from atomic import check_writable
+from dataset.merge import NothingAccepted, format_report, run
 from dataset.writer import OUTPUT_FILES
 
 
@@ -45,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser_from_doc(__doc__)
     cli.add_config_arguments(parser)
     config = cli.config_from_args(parser.parse_args(argv))
-    stats = run(config)
+    check_writable(config.data.output_dir)
+    with cli.on_interrupt(f"nothing was written; {config.data.output_dir} keeps its previous files"):
+        try:
+            stats = run(config)
+        except NothingAccepted as exc:
+            print(format_report(exc.stats))
+            raise
     print(format_report(stats))
     for s in stats.sources:
         if s.records == 0:

@@ -45,9 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         cfg.train.resume = args.resume
 
-    from training.run import train
+    resume = "run the same command to resume from it" if cfg.train.resume != "never" else \
+        "resume with --resume (train.resume is never)"
+    with cli.on_interrupt(f"training stopped; the checkpoint-N directories in {cfg.train.output_dir} are kept: {resume}"):
+        from training.run import train
 
-    train(cfg)
+        train(cfg)
     return 0
 
 

@@ -22,6 +22,14 @@ from config import Config, DataSettings, SourceSettings
 from dataset.sources import BadRecord, Candidate, MergeError, source_class
 from dataset.writer import output_documents, write_outputs
 
+class NothingAccepted(MergeError):
+    """Every record of every source was skipped; ``stats`` says why, source by source."""
+
+    def __init__(self, stats: "MergeStats") -> None:
+        super().__init__("no record was accepted from any source; nothing written (the counts above say why)")
+        self.stats = stats
+
+
 # How many offending entries each skip reason keeps for the report.
 EXAMPLES_PER_REASON = 3
 
@@ -291,7 +299,7 @@ def run(config: Config) -> MergeStats:
     with gc_paused():
         result = merge(config)
         if not result.records:
-            raise MergeError("no record was accepted from any source; nothing written")
+            raise NothingAccepted(result.stats)
         write_outputs(config.data.output_dir, output_documents(result))
     return result.stats
 

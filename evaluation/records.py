@@ -77,9 +77,10 @@ def evaluate_records(predictor, records, images, settings=None, batch_size: int 
             chunk, loaded = [], []
             for job in jobs[start:start + batch_size]:
                 try:
+                    predictor.check_question(job[2], settings)
                     loaded.append(load_image(job[4]))
                     chunk.append(job)
-                except ValueError as exc:
+                except ValueError as exc:  # an unreadable image, a question too long for the model
                     errors.append({"id": job[1], "error": one_line(exc)})
             if chunk:
                 answers = predictor.answer(loaded, [job[2] for job in chunk], settings)

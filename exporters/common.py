@@ -41,7 +41,8 @@ def resolve(checkpoint: str | Path) -> Path:
     try:
         return resolve_checkpoint(checkpoint)
     except FileNotFoundError as exc:
-        raise ExportRefused(f"incomplete checkpoint: {exc}") from None
+        message = str(exc)
+        raise ExportRefused(message if "incomplete checkpoint" in message else f"incomplete checkpoint: {message}") from None
 
 
 def load_checkpoint(checkpoint: str | Path, check=lambda config: None):

@@ -143,11 +143,24 @@ def read_done(path: Path, retry_errors: bool) -> tuple[set, int]:
     return done, bad
 
 
+def jsonl_line(entry: dict) -> str:
+    """One JSON line, UTF-8 where possible. A file name that is not valid UTF-8 (say ``caf\\xe9.png``
+    from an old archive) reaches Python as lone surrogates, which UTF-8 cannot encode: such an entry
+    is written with ``\\udcXX`` escapes instead, still valid JSON and UTF-8, and lossless
+    (``os.fsencode(entry["image"])`` gives the original bytes back)."""
+    text = json.dumps(entry, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(entry, ensure_ascii=True)
+    return text + "\n"
+
+
 def append_lines(f, entries: list[dict]) -> None:
     """Append whole lines and make them durable before the next batch starts."""
     if not entries:
         return
-    f.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+    f.write("".join(map(jsonl_line, entries)))
     f.flush()
     os.fsync(f.fileno())
 
@@ -196,9 +209,10 @@ def run_batch(predictor, items: list[Item], output: Path, settings, batch_size: 
                     entries[i] = {**item.head(), "error": item.error}
                     continue
                 try:
+                    predictor.check_question(item.question, settings)
                     images.append(load_image(item.image))
                     ready.append(i)
-                except ValueError as exc:
+                except ValueError as exc:  # an unreadable image, a question too long for the model
                     entries[i] = {**item.head(), "error": one_line(exc)}
             if ready:
                 answers = predictor.answer(images, [chunk[i].question for i in ready], settings)

@@ -9,6 +9,7 @@ row's first real token so a padded row computes exactly what it would alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 
@@ -43,6 +44,9 @@ class SamplingSettings:
         return cls(**values).validate()
 
     def validate(self) -> "SamplingSettings":
+        for name in ("temperature", "top_p"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.do_sample and self.temperature <= 0:

@@ -17,6 +17,11 @@ from inference.generation import GenerationResult, SamplingSettings, generate, s
 from inference.protocol import GenerativeVQA
 from qwen import PromptRenderer, question_messages
 from qwen.tokenizer import end_of_turn_ids
+from errors import UserError
+
+
+class QuestionTooLong(UserError, ValueError):
+    """A question whose prompt plus answer would not fit the language model's positions."""
 
 
 @dataclass
@@ -60,6 +65,20 @@ class Predictor:
     def prompt_ids(self, question: str) -> list[int]:
         return self.renderer.render(question_messages(question, self.system_prompt), add_generation_prompt=True).input_ids
 
+    def check_question(self, question: str, settings: SamplingSettings | None = None) -> None:
+        """Refuse a question whose prompt plus ``max_new_tokens`` exceeds the language model's
+        ``max_position_embeddings``: past it a model answers from positions it never saw, silently.
+        Refused rather than cut, so a long question never loses the end a user typed last."""
+        limit = getattr(self.model.text_config, "max_position_embeddings", None)
+        answer = (settings or SamplingSettings()).max_new_tokens
+        prompt = len(self.prompt_ids(question))
+        if limit and prompt + answer > limit:
+            raise QuestionTooLong(
+                f"the question is too long: its prompt is {prompt:,} tokens and the answer may take {answer:,} "
+                f"more, but the language model reads at most {limit:,} (max_position_embeddings); shorten "
+                "the question or lower max_new_tokens"
+            )
+
     def prompt_batch(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``input_ids`` and ``attention_mask`` (on the CPU): generation appends
         new tokens on the right, so every row's prompt must end in the last column."""
@@ -85,6 +104,8 @@ class Predictor:
 
     def answer(self, images, questions, settings: SamplingSettings | None = None) -> list[Answer]:
         """Answer a batch of (image, question) pairs with one batched generation."""
+        for question in questions:
+            self.check_question(question, settings)
         ids, mask, pixels = self.prepare(list(images), list(questions))
         result: GenerationResult = generate(
             self.model, ids, pixels, mask, settings, self.eos_token_ids, self.tokenizer.pad_token_id
@@ -99,6 +120,7 @@ class Predictor:
 
         ``should_stop`` is polled between tokens so a GUI can cancel mid-answer.
         """
+        self.check_question(question, settings)
         ids, mask, pixels = self.prepare([image], [question])
         tokens: list[int] = []
         emitted = ""

@@ -139,6 +139,9 @@ class RemotePredictor:
 
     # -- questions -------------------------------------------------------------------------
 
+    def check_question(self, question: str, settings=None) -> None:
+        """Nothing to check here: the server knows its model's context and refuses what does not fit."""
+
     def ask(self, image, question: str, settings=None) -> RemoteAnswer:
         payload = self.payload(image, question, settings)
         try:

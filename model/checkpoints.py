@@ -114,10 +114,36 @@ def resolve_checkpoint(path: str | Path, *, allow_export: bool = False) -> Path:
     if newest is not None:
         return newest
     if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
+        if not whole_safetensors(path / WEIGHTS_NAME):
+            raise CheckpointError(
+                f"{path / WEIGHTS_NAME}: incomplete checkpoint: not a whole safetensors file (cut off while "
+                "saving, or not safetensors at all); use an earlier checkpoint-N or train again"
+            )
         raise CheckpointError(
-            f"{path}: incomplete checkpoint ({WEIGHTS_NAME} is cut off, or the save stopped before "
-            f"{TRAINER_STATE_NAME}); use an earlier checkpoint-N or train again"
+            f"{path}: incomplete checkpoint: the Trainer stopped saving it before {TRAINER_STATE_NAME}; "
+            "use an earlier checkpoint-N or train again"
         )
     raise CheckpointError(
         f"{path}: not a checkpoint (no {CONFIG_NAME} + {WEIGHTS_NAME}) and holds no complete checkpoint-N directory"
     )
+
+
+def describe_choice(path: str | Path, resolved: Path) -> str | None:
+    """One line saying which checkpoint a run directory resolved to (and which newer ones were
+    skipped as incomplete), or None when ``path`` named the checkpoint itself."""
+    path = Path(path)
+    if resolved == path:
+        return None
+    skipped = sorted(
+        (int(m.group(1)), p.name) for p in path.iterdir()
+        if (m := _RUN_CHECKPOINT.match(p.name)) and p != resolved and int(m.group(1)) > _step(resolved)
+    )
+    note = f"using {resolved}, the newest complete checkpoint in {path}"
+    if skipped:
+        note += f" (skipped, incomplete: {', '.join(name for _, name in skipped)})"
+    return note
+
+
+def _step(checkpoint: Path) -> int:
+    m = _RUN_CHECKPOINT.match(checkpoint.name)
+    return int(m.group(1)) if m else -1

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from config import ModelSettings
+from model.bases import check_base
 from model.checkpoints import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, whole_safetensors
 from model.configuration import DTYPES, VQAConfig
 from model.projector import Projector
@@ -61,10 +62,14 @@ class VQAModel(PreTrainedModel):
     def from_settings(cls, settings: ModelSettings, train_vision_tower: bool = False) -> "VQAModel":
         """Wire a fresh model from the base checkpoints ``settings`` names (projector randomly
         initialised); ``train_vision_tower`` is training's choice (``train.train_vision_tower``)."""
-        return cls._build(VQAConfig.from_settings(settings, train_vision_tower=train_vision_tower))
+        return cls._build(VQAConfig.from_settings(settings, train_vision_tower=train_vision_tower), "model.")
 
     @classmethod
-    def _build(cls, config: VQAConfig) -> "VQAModel":
+    def _build(cls, config: VQAConfig, where: str) -> "VQAModel":
+        """``where`` prefixes the setting names in errors (``model.`` or the checkpoint's config)."""
+        for key in ("vision_model", "language_model", "tokenizer"):
+            if getattr(config, key):
+                check_base(getattr(config, key), where + key)
         dtype = DTYPES[config.base_dtype]
         tower = build_vision_tower(
             config.vision_backend, config.vision_model, config.vision_feature_layer,
@@ -311,7 +316,7 @@ class VQAModel(PreTrainedModel):
             config.base_dtype = dtype
         if config.tokenizer is None and (path / "tokenizer_config.json").is_file():
             config.tokenizer = str(path)
-        model = cls._build(config)
+        model = cls._build(config, f"{path / CONFIG_NAME}: ")
         model.load_trained_weights(path / WEIGHTS_NAME)
         # Like transformers' from_pretrained: a loaded model predicts (dropout off, a trainable
         # tower's eval mode); the Trainer switches to train mode itself.

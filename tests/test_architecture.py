@@ -20,7 +20,7 @@ SCRIPTS = {"process_image", "train", "infer", "evaluate", "export", "gui"}
 # What each library package or top-level module may import from this repository.
 ALLOWED = {
     "errors": set(),
-    "atomic": set(),
+    "atomic": {"errors"},
     "config": {"errors"},
     "visual": {"config", "errors"},
     "qwen": {"config", "errors"},

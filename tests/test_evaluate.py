@@ -117,3 +117,22 @@ def test_bad_input_exits_2_with_one_line(trained, held_out, tmp_path, capsys, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_or_damaged_checkpoint_is_refused_before_answering(trained, held_out, tmp_path):
+    import shutil
+
+    (tmp_path / "file.txt").write_text("x")
+    damaged = shutil.copytree(trained.checkpoint, tmp_path / "damaged")
+    (damaged / "model.safetensors").write_bytes(b"\x00" * 100)
+    for checkpoint, output, message in (
+        (trained.checkpoint, tmp_path / "file.txt" / "eval", "is a file, not a directory"),
+        (trained.checkpoint, Path("/proc/eval"), "not writable"),
+        (damaged, tmp_path / "eval", "incomplete checkpoint: not a whole safetensors file"),
+    ):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(checkpoint), "--data", str(held_out),
+             "--output", str(output)], capture_output=True, text=True, cwd=tmp_path, env=OFFLINE_ENV, timeout=300)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr and "evaluating" not in result.stderr
+    assert not (tmp_path / "eval").exists()

@@ -471,3 +471,34 @@ def test_infer_server_against_transformers_serve(predictors, server, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected.text
+
+
+# -- hardening ------------------------------------------------------------------------------------
+
+
+def test_damaged_weights_and_unwritable_outputs_are_refused_before_any_work(checkpoints, tmp_path, capsys):
+    import shutil
+
+    damaged = shutil.copytree(checkpoints["lora"], tmp_path / "damaged")
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    err = refused(capsys, ["--checkpoint", str(damaged), "--output", str(tmp_path / "o1")])
+    assert f"{weights}: incomplete checkpoint: not a whole safetensors file" in err
+    (tmp_path / "file.txt").write_text("x")
+    for output, message in ((tmp_path / "file.txt" / "export", "is a file, not a directory"),
+                            (Path("/proc/vqa-export"), "not writable")):
+        assert message in refused(capsys, ["--checkpoint", str(checkpoints["lora"]), "--output", str(output)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "file.txt"]
+
+
+def test_ctrl_c_ends_with_one_line_and_writes_nothing(checkpoints, tmp_path):
+    out = tmp_path / "export"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "export.py"), "--checkpoint", str(checkpoints["full"]),
+                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    time.sleep(2)  # past argument parsing, inside the (lazy) imports, loading or writing
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"interrupted: nothing was exported; {out} is as it was"
+    assert list(tmp_path.iterdir()) == []  # no export, no partial directory

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -321,3 +322,170 @@ def test_checkpoint_without_weights_is_one_line(trained, tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a checkpoint" in err and "model.safetensors" in err
+
+
+# -- hardening: names, bytes and sizes a new user runs into ---------------------------------------
+
+
+def test_batch_writes_file_names_that_are_not_utf8_losslessly(predictor, trained, loaded, tmp_path):
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    (folder / "a_red.png").write_bytes(trained.red.read_bytes())
+    latin1 = os.fsencode(folder) + b"/caf\xe9.png"  # a name from an old Latin-1 archive
+    with open(latin1, "wb") as f:
+        f.write(trained.blue.read_bytes())
+    (folder / "z_blue.png").write_bytes(trained.blue.read_bytes())
+    out = tmp_path / "answers.jsonl"
+    args = ["--checkpoint", str(trained.checkpoint), "--images", str(folder), "--question", QUESTION,
+            "--output", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", "3"]
+    assert infer.main(args) == 0
+    lines = read_jsonl(out)  # the file is UTF-8 JSON throughout
+    assert len(lines) == 3 and all("answer" in line for line in lines), lines
+    assert {os.fsencode(line["image"]) for line in lines} == {
+        os.fsencode(folder / "a_red.png"), latin1, os.fsencode(folder / "z_blue.png")}
+    cafe = next(line for line in lines if os.fsencode(line["image"]) == latin1)
+    assert cafe["answer"] == "blue"
+    size = out.stat().st_size
+    assert infer.main(args) == 0 and out.stat().st_size == size  # resumed: nothing asked twice
+
+
+def test_a_run_whose_newest_checkpoint_was_cut_off_uses_the_previous_one_and_says_so(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained.checkpoint, run / "checkpoint-10")
+    cut = run / "checkpoint-20"
+    shutil.copytree(trained.checkpoint, cut)
+    (cut / "model.safetensors").write_bytes((cut / "model.safetensors").read_bytes()[:-1000])
+    (cut / "optimizer.pt").write_bytes(b"partial")
+    result = run_cli("--checkpoint", run, "--image", trained.blue, "--question", QUESTION,
+                     "--max-new-tokens", MAX_NEW_TOKENS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "blue\n"
+    assert f"note: using {run / 'checkpoint-10'}, the newest complete checkpoint in {run}" in result.stderr
+    assert "skipped, incomplete: checkpoint-20" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "hundred-bytes", "pickle"])
+def test_a_damaged_weights_file_is_one_line_and_never_unpickled(trained, tmp_path, damage):
+    import pickle
+    import shutil
+
+    ckpt = shutil.copytree(trained.checkpoint, tmp_path / "ckpt")
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    marker = tmp_path / "unpickled"
+
+    class Boom:  # unpickling this would create the marker file
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    weights.write_bytes({"truncated": data[: len(data) // 2], "hundred-bytes": data[:100],
+                         "pickle": pickle.dumps(Boom())}[damage])
+    result = run_cli("--checkpoint", ckpt, "--image", trained.red, "--question", QUESTION, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {weights}: incomplete checkpoint: not a whole safetensors file")
+    assert not marker.exists()
+
+
+def test_a_question_that_is_not_utf8_is_one_line(trained, tmp_path):
+    bad = b"What colour is the caf\xe9?"
+    for args in ([b"--image", os.fsencode(trained.red)], [b"--images", os.fsencode(trained.images),
+                                                           b"--output", os.fsencode(tmp_path / "o.jsonl")]):
+        result = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--checkpoint", str(trained.checkpoint),
+                                 *args, b"--question", bad], capture_output=True, cwd=tmp_path, env=OFFLINE_ENV,
+                                timeout=120)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and err.count("\n") == 1, err
+        assert err.startswith("error: --question: not valid UTF-8 text (byte 0xe9 at position 22)")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_interactive_mode_reports_a_line_that_is_not_utf8_and_goes_on(predictor, trained, loaded, monkeypatch, capsys):
+    import io as _io
+
+    raw = _io.TextIOWrapper(_io.BytesIO(b"caf\xe9?\n" + QUESTION.encode() + b"\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", raw)
+    assert infer.main(["--checkpoint", str(trained.checkpoint), "--image", str(trained.red),
+                       "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+    out = capsys.readouterr()
+    assert out.out == "red\n" and "error: not valid UTF-8 text" in out.err
+
+
+def test_a_question_longer_than_the_model_reads_is_refused_with_the_numbers(predictor, trained, loaded, tmp_path,
+                                                                           capsys):
+    long_question = "Describe every pixel. " * 2000  # ~10,000 tokens; the tiny Qwen2 reads 4,096
+    with pytest.raises(SystemExit) as exc:
+        infer.main(["--checkpoint", str(trained.checkpoint), "--image", str(trained.red), "--question", long_question])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the question is too long" in err and "at most 4,096" in err
+    # In a batch it is that item's error; the others are answered.
+    data = tmp_path / "merged"
+    data.mkdir()
+    (data / "images.json").write_text(json.dumps({"0": {"path": str(trained.red), "source": "t"}}))
+    (data / "qa.json").write_text(json.dumps([
+        {"id": "t/long", "image_id": 0, "source": "t", "messages": [{"role": "user", "content": long_question}]},
+        {"id": "t/ok", "image_id": 0, "source": "t", "messages": [{"role": "user", "content": QUESTION}]},
+    ]))
+    out = tmp_path / "answers.jsonl"
+    assert infer.main(["--checkpoint", str(trained.checkpoint), "--images", str(data / "qa.json"),
+                       "--output", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+    lines = {line["id"]: line for line in read_jsonl(out)}
+    assert "the question is too long" in lines["t/long"]["error"] and lines["t/ok"]["answer"] == "red"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sample", "--temperature", "nan"], "--temperature: 'nan' is not a finite number"),
+    (["--top-p", "inf"], "--top-p: 'inf' is not a finite number"),
+    (["--set", "generation.temperature=.inf"], "generation.temperature: expected a finite number"),
+])
+def test_non_finite_numbers_are_refused(trained, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        infer.main(["--checkpoint", str(trained.checkpoint), "--image", str(trained.red), "--question", QUESTION,
+                    *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_batch_output_that_cannot_be_written_is_refused_before_any_work(trained, tmp_path):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    for output, message in ((tmp_path / "file.txt" / "out.jsonl", "is a file, not a directory"),
+                            (Path("/proc/answers.jsonl"), "not writable")):
+        result = run_cli("--checkpoint", trained.checkpoint, "--images", trained.images, "--question", QUESTION,
+                         "--output", output, cwd=tmp_path, timeout=120)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr and "answering" not in result.stderr
+
+
+def test_server_mode_sends_an_exif_rotated_photo_upright(fake_server, trained, tmp_path):
+    """What the local model sees (EXIF orientation applied) is what a server is sent."""
+    from tests.conftest import random_rgb
+
+    upright = random_rgb(40, 24, seed=5)
+    stored = Image.fromarray(np.rot90(upright, k=1).copy())  # stored landscape, orientation 6
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "portrait.jpg"
+    stored.save(photo, quality=100, exif=exif.tobytes())
+    assert infer.main(["--server", fake_server.url, "--model", "m", "--image", str(photo), "--question", QUESTION]) == 0
+    url = fake_server.requests[0]["messages"][0]["content"][0]["image_url"]["url"]
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size == (24, 40)  # portrait, as the phone showed it
+    from visual.preprocess import load_image
+
+    assert sent.tobytes() == load_image(photo).tobytes()
+
+
+def test_a_checkpoint_whose_base_moved_is_one_line_at_once(trained, tmp_path):
+    import shutil
+    import time
+
+    ckpt = shutil.copytree(trained.checkpoint, tmp_path / "ckpt")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["vision_model"] = str(tmp_path / "moved" / "tiny-siglip")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    result = run_cli("--checkpoint", ckpt, "--image", trained.red, "--question", QUESTION, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {ckpt / 'config.json'}: vision_model: not found: {tmp_path / 'moved'}")
+    assert time.monotonic() - started < 60

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -59,3 +61,47 @@ def test_cli_invalid_json_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {path}: not valid JSON")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_when_every_record_is_bad_prints_the_counts_then_one_error(tmp_path, coco):
+    records = [llava_record(id=f"gone{i}", image=f"gone{i}.jpg") for i in range(3)]
+    result = run_cli("--config", str(write_cli_config(tmp_path, [llava_source(tmp_path, "llava", records, coco)])))
+    assert result.returncode == 2
+    assert "skipped in llava: missing_image x3" in result.stdout  # why, source by source
+    assert result.stderr.startswith("error: no record was accepted") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_config_that_is_not_utf8_is_one_line(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(b"data:\n  output_dir: caf\xe9\n")
+    result = run_cli("--config", str(config))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: {config}: not UTF-8 text (line 2, byte 23)")
+
+
+def test_cli_output_below_a_file_is_refused_before_reading(tmp_path, ai_source):
+    (tmp_path / "file.txt").write_text("x")
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"data": {"output_dir": str(tmp_path / "file.txt" / "out"), "sources": [ai_source]}}))
+    result = run_cli("--config", str(config))
+    assert result.returncode == 2 and "is a file, not a directory" in result.stderr
+
+
+def test_ctrl_c_ends_with_one_line_and_keeps_the_previous_output(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "qa.json").write_text("previous\n", encoding="utf-8")
+    fifo = tmp_path / "annotations.json"
+    os.mkfifo(fifo)  # reading it blocks until a writer comes: the merge is surely mid-way
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"data": {"output_dir": str(out), "check_images": False,
+                                           "sources": [{"type": "llava", "annotations": str(fifo)}]}}))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "process_image.py"), "--config", str(config)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip() == f"interrupted: nothing was written; {out} keeps its previous files"
+    assert sorted(os.listdir(out)) == ["qa.json"] and (out / "qa.json").read_text(encoding="utf-8") == "previous\n"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -187,7 +189,14 @@ def test_wandb_without_api_key_logs_offline_and_never_prompts(tiny, merged, tmp_
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (("model.language_model=checkpoints/no-such-model",), "model.language_model: checkpoints/no-such-model does not exist"),
+        # a path that looks like a hub id: "not found" at once, not 50 s of retries against the hub
+        (("model.language_model=checkpoints/no-such-model",), "model.language_model: not found: checkpoints/no-such-model"),
+        (("model.vision_model=nobody/no-such-tower",), "hub model nobody/no-such-tower is not in the local cache"),
+        (("train.per_device_batch_size=0",), "train.per_device_batch_size must be at least 1, got 0"),
+        (("train.lora.target_modules=[q_proj, qkv]",), "train.lora.target_modules: ['qkv'] match no module"),
+        (("train.init_from=/nonexistent/pretrain",), "train.init_from: /nonexistent/pretrain: no such checkpoint directory"),
+        (("train.output_dir=/proc/vqa-run",), "train.output_dir: /proc/vqa-run: not writable"),
+        (("generation.temperature=.nan",), "generation.temperature: expected a finite number"),
         (("data.train_file=/nonexistent/qa.json",), "data.train_file: /nonexistent/qa.json does not exist"),
         (("train.deepspeed=configs/zero3.json",), "ZeRO-3 needs a distributed launcher"),
         (("train.learnin_rate=1",), "unknown key train.learnin_rate"),
@@ -195,10 +204,43 @@ def test_wandb_without_api_key_logs_offline_and_never_prompts(tiny, merged, tmp_
     ],
 )
 def test_refuses_bad_configs_before_any_work(tiny, merged, tmp_path, extra, message):
+    started = time.monotonic()
     result = run_train(overrides(tiny, merged, tmp_path / "run", *extra), timeout=120)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "run").exists()
+    assert time.monotonic() - started < 60  # no retries against a hub that cannot be reached
+
+
+def test_init_from_an_empty_or_cut_off_checkpoint_is_one_line(tiny, merged, tmp_path):
+    (tmp_path / "empty").mkdir()
+    cut = tmp_path / "cut"
+    base_model(tiny).save_pretrained(cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    for path, message in ((tmp_path / "empty", "not a checkpoint"), (cut, "not a whole safetensors file")):
+        result = run_train(overrides(tiny, merged, tmp_path / "run", f"train.init_from={path}"), timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert result.stderr.startswith("error: train.init_from: ") and message in result.stderr, result.stderr
+
+
+def test_ctrl_c_stops_with_one_line_and_keeps_the_checkpoints(tiny, merged, tmp_path):
+    out = tmp_path / "run"
+    args = overrides(tiny, merged, out, "train.max_steps=100000", "train.save_steps=2", "train.logging_steps=1")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-2" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: training stopped; the checkpoint-N directories in") and "resume" in last
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
 
 
 def test_empty_data_file_is_refused(tiny, merged, tmp_path):

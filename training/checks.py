@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from config import Config, TrainSettings
 from errors import UserError
 from model.checkpoints import TRAINER_STATE_NAME, is_complete, newest_checkpoint
-
-
-def _model_source_exists(name: str) -> bool:
-    if os.path.exists(name):
-        return True
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        return False  # not a hub id, so it had to be a local path
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    return True  # a hub id; the download will tell
 
 
 def resume_checkpoint(t: TrainSettings) -> Path | None:
@@ -59,24 +46,76 @@ def _check_deepspeed(path: str) -> None:
         )
 
 
+# Settings that must be at least 1 (0 or less fails deep inside the DataLoader or the Trainer).
+_POSITIVE = ("per_device_batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps",
+             "save_steps", "eval_steps")
+
+
+def _check_numbers(cfg: Config) -> None:
+    t, d = cfg.train, cfg.data
+    for name in _POSITIVE:
+        if getattr(t, name) < 1:
+            raise UserError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    if d.max_length < 1:
+        raise UserError(f"data.max_length must be at least 1, got {d.max_length}")
+    if d.num_workers < 0:
+        raise UserError(f"data.num_workers must be 0 or more, got {d.num_workers}")
+    if t.save_total_limit is not None and t.save_total_limit < 1:
+        raise UserError(f"train.save_total_limit must be at least 1 (or null: keep all), got {t.save_total_limit}")
+    if not 0 <= t.warmup_ratio < 1:
+        raise UserError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    if t.finetune == "lora" and t.stage == "sft":
+        if t.lora.r < 1:
+            raise UserError(f"train.lora.r must be at least 1, got {t.lora.r}")
+        if not 0 <= t.lora.dropout < 1:
+            raise UserError(f"train.lora.dropout must be in [0, 1), got {t.lora.dropout}")
+
+
+def _check_lora_targets(cfg: Config) -> None:
+    """Every ``train.lora.target_modules`` name must match a module of the language model (peft
+    matches a name or a dotted suffix); checked on a weightless meta-device copy of the LM."""
+    t = cfg.train
+    if t.stage != "sft" or t.finetune != "lora":
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model.language_model))
+    names = [name for name, _ in lm.named_modules()]
+    unknown = [target for target in t.lora.target_modules
+               if not any(name == target or name.endswith("." + target) for name in names)]
+    if unknown or not t.lora.target_modules:
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in lm.named_modules()
+                         if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+        raise UserError(f"train.lora.target_modules: {unknown or 'an empty list'} match no module of "
+                        f"{cfg.model.language_model} (its linear layers: {', '.join(leaves)})")
+
+
 def validate(cfg: Config) -> None:
     """Raise :class:`errors.UserError` when the config cannot work, before loading anything."""
     import torch
 
+    from atomic import check_writable
+    from model.bases import check_base
+    from model.checkpoints import resolve_checkpoint
+
     t, d, m = cfg.train, cfg.data, cfg.model
-    for label, name in (("model.vision_model", m.vision_model), ("model.language_model", m.language_model)):
-        if not _model_source_exists(name):
-            raise UserError(f"{label}: {name} does not exist (a local path, or a hub id that is cached when offline)")
-    if m.tokenizer and not _model_source_exists(m.tokenizer):
-        raise UserError(f"model.tokenizer: {m.tokenizer} does not exist")
+    for key in ("vision_model", "language_model", "tokenizer"):
+        if getattr(m, key):
+            check_base(getattr(m, key), f"model.{key}")
     for label, path in (("data.train_file", d.train_file), ("data.eval_file", d.eval_file)):
         if path is not None:
             _check_data_file(label, path)
     if not t.train_embeddings and (t.stage != "sft" or t.finetune != "full"):
         raise UserError("train.train_embeddings: false only applies to stage sft with finetune full "
                         "(LoRA and pretrain never train them)")
-    if t.init_from and not Path(t.init_from).is_dir():
-        raise UserError(f"train.init_from: {t.init_from} does not exist")
+    _check_numbers(cfg)
+    if t.init_from:
+        try:
+            resolve_checkpoint(t.init_from)
+        except UserError as exc:
+            raise UserError(f"train.init_from: {exc}") from None
     if t.deepspeed:
         _check_deepspeed(t.deepspeed)
     if t.bf16 and not t.use_cpu and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
@@ -89,3 +128,10 @@ def validate(cfg: Config) -> None:
         if not is_complete(t.resume, resumable=True):
             raise UserError(f"train.resume: {t.resume} is not a complete checkpoint (no {TRAINER_STATE_NAME}, "
                             "or its weights are cut off)")
+    if Path(t.output_dir).exists() and not Path(t.output_dir).is_dir():
+        raise UserError(f"train.output_dir: {t.output_dir} is a file, not a directory")
+    try:
+        check_writable(t.output_dir)
+    except UserError as exc:
+        raise UserError(f"train.output_dir: {exc}") from None
+    _check_lora_targets(cfg)

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from errors import UserError
+from errors import UserError, read_utf8
 
 # Raw LLaVA speaker -> chat role. "user"/"assistant" are accepted too (some converted dumps use them).
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -91,15 +91,9 @@ def image_name(value: Any, key: str) -> str:
 def read_text(path: str) -> str:
     """Whole file as text; unreadable or non-UTF-8 files are a MergeError naming file and line."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise MergeError(f"{path}: cannot read annotations file: {exc.strerror or exc}") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise MergeError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}): {exc.reason}") from None
+        return read_utf8(path, "annotations file")
+    except UserError as exc:
+        raise MergeError(str(exc)) from None
 
 
 def read_json_list(path: str) -> list:
