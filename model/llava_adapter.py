@@ -95,7 +95,7 @@ def load_llava_export(path: str | Path, dtype: str | None = None, device: str | 
     """
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-    from qwen.tokenizer import load_tokenizer
+    from qwen.tokenizer import with_image_token
     from visual.tower import siglip_preprocessor
 
     path = Path(path)
@@ -103,9 +103,10 @@ def load_llava_export(path: str | Path, dtype: str | None = None, device: str | 
     if device:
         llava.to(device)
     image_token_id = llava.config.image_token_id
-    image_token = AutoTokenizer.from_pretrained(path).convert_ids_to_tokens(image_token_id)
+    tokenizer = AutoTokenizer.from_pretrained(path)  # loaded once: it is most of the load time
+    image_token = tokenizer.convert_ids_to_tokens(image_token_id)
     if not image_token:
         raise ValueError(f"{path}: the tokenizer has no token for the image token id {image_token_id}")
-    tokenizer = load_tokenizer(str(path), image_token)
+    tokenizer = with_image_token(tokenizer, image_token)
     preprocessor = siglip_preprocessor(str(path), llava.config.vision_config.image_size)
     return LlavaAdapter(llava, image_token, preprocessor), tokenizer

@@ -79,7 +79,8 @@ class VQAModel(PreTrainedModel):
         lm = AutoModelForCausalLM.from_pretrained(
             config.language_model, dtype=dtype, attn_implementation=config.attn_implementation_name
         )
-        tokenizer = load_tokenizer(config.tokenizer or config.language_model, config.image_token)
+        tokenizer_source = config.tokenizer or config.language_model
+        tokenizer = load_tokenizer(tokenizer_source, config.image_token)
         token_id = lookup_image_token_id(tokenizer, config.image_token)
         if token_id >= lm.get_input_embeddings().num_embeddings:
             # The placeholder's id lies past the embedding table (not the case for Qwen's padded
@@ -92,6 +93,9 @@ class VQAModel(PreTrainedModel):
         config.text_vocab_size = lm.get_input_embeddings().num_embeddings
         lm.requires_grad_(False)
         model = cls(config, tower, lm)
+        # Kept (a plain attribute, not a module): loading Qwen's 151,936-token tokenizer takes
+        # about 1.5 s, and the caller usually wants the same one (checkpoint_tokenizer, training).
+        model.tokenizer, model._tokenizer_source = tokenizer, str(tokenizer_source)
         if config.lora:
             model._wrap_lora(config.lora)
         model.set_trainable()
@@ -325,8 +329,10 @@ class VQAModel(PreTrainedModel):
     def checkpoint_tokenizer(self, checkpoint: str | os.PathLike):
         """The tokenizer saved beside ``checkpoint``, else the configured one (image token added)."""
         saved = Path(checkpoint) / "tokenizer_config.json"
-        source = Path(checkpoint) if saved.is_file() else (self.config.tokenizer or self.config.language_model)
-        return load_tokenizer(str(source), self.config.image_token)
+        source = str(Path(checkpoint) if saved.is_file() else (self.config.tokenizer or self.config.language_model))
+        if source == getattr(self, "_tokenizer_source", None):
+            return self.tokenizer  # the one the model was built with: not loaded twice
+        return load_tokenizer(source, self.config.image_token)
 
     def load_trained_weights(self, weights_file: str | os.PathLike, partial: bool = False) -> None:
         """Load a checkpoint's trained weights. A checkpoint of this configuration must hold all

@@ -8,18 +8,20 @@ from config import DEFAULT_IMAGE_TOKEN
 
 
 def load_tokenizer(name_or_path: str, image_token: str = DEFAULT_IMAGE_TOKEN) -> PreTrainedTokenizerBase:
-    """Load the tokenizer and add ``image_token`` as a special token when it is missing.
+    """Load the tokenizer and make ``image_token`` one special token (see :func:`with_image_token`)."""
+    return with_image_token(AutoTokenizer.from_pretrained(name_or_path), image_token)
+
+
+def with_image_token(tokenizer: PreTrainedTokenizerBase, image_token: str = DEFAULT_IMAGE_TOKEN) -> PreTrainedTokenizerBase:
+    """Add ``image_token`` as a special token when it is missing (in place; returns ``tokenizer``).
 
     Qwen2/2.5/3 tokenizers do not ship ``<|extra_0|>`` (Qwen-1 did); added, it gets the next free
     id (151665 for Qwen2.5), which lies inside the padded 151,936-row embedding of every Qwen
-    checkpoint, so the language model usually needs no resize (see ``ensure_embedding_rows``).
-    Left padding is set because generation is batched with left padding.
+    checkpoint, so the language model usually needs no resize. Left padding is set because
+    generation is batched with left padding.
     """
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if token_id(tokenizer, image_token) is None:
-        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
-    elif image_token not in tokenizer.all_special_tokens:
-        # Present but as a plain added token: make it special so user text can never contain it.
+    if token_id(tokenizer, image_token) is None or image_token not in tokenizer.all_special_tokens:
+        # Missing, or present only as a plain added token: special, so user text can never contain it.
         tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -52,7 +52,6 @@ def train(cfg: Config) -> Path:
     """Run the configured training to the end (or its stop step / time limit); returns the
     output directory, which then holds the final weights beside its ``checkpoint-N``."""
     from dataset.collate import Collator
-    from qwen import load_tokenizer
     from training.build import build_model
     from training.callbacks import WallClock
     from training.trainer import VQATrainer, training_arguments
@@ -65,7 +64,7 @@ def train(cfg: Config) -> Path:
 
     torch.manual_seed(t.seed)
     model = build_model(cfg)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.language_model, cfg.model.image_token)
+    tokenizer = model.tokenizer  # the one it was built with (config.model.tokenizer or the LM's)
     train_set, eval_set = _datasets(cfg, model, tokenizer)
     eval_records, eval_images = _held_out_records(cfg)
     rank0 = int(os.environ.get("RANK", "0")) == 0

@@ -2,9 +2,11 @@
 
 SigLIP's processor resizes straight to the tower's square size (no crop, no aspect-ratio
 padding) with antialiased bicubic interpolation on uint8 pixels, then rescales by 1/255 and
-normalises. We do the same torchvision operations on one image at a time, without the
-processor's per-call argument validation and batching machinery, which dominates its cost for
-the small images of training.
+normalises. We do the same operations on one image at a time, without the processor's per-call
+argument validation and batching machinery, which dominates its cost for the small images of
+training. The resize is torchvision's uint8 kernel call (``resize_image`` of
+``transforms.v2.functional``: torch's native antialiased bicubic on uint8) made directly, so that
+torchvision, whose import pulls in ``torch._dynamo`` (about 2.5 s), is never imported.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as tvF
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -61,6 +62,23 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
     return to_rgb(image)
 
 
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a uint8 ``[3, H, W]`` tensor (a channels-last view, as torchvision's)."""
+    array = np.array(image, copy=True)
+    return torch.from_numpy(array).view(image.size[1], image.size[0], 3).permute(2, 0, 1)
+
+
+def resize_bicubic(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """``pixels`` (uint8 ``[3, H, W]``) resized to ``size`` x ``size``, antialiased bicubic on uint8:
+    the call torchvision's ``resize`` makes on a CPU (its channels-last restride included)."""
+    channels, height, width = pixels.shape
+    image = pixels.reshape(-1, channels, height, width)
+    strides = image.stride()
+    if image.is_contiguous(memory_format=torch.channels_last) and pixels.numel() != strides[0]:
+        image = image.as_strided((1, channels, height, width), (pixels.numel(), *strides[1:]))
+    return F.interpolate(image, size=[size, size], mode="bicubic", align_corners=False, antialias=True)[0]
+
+
 @dataclass(frozen=True)
 class ImagePreprocessor:
     """Resize to ``size`` x ``size`` (antialiased bicubic), rescale to [0, 1], normalise."""
@@ -70,11 +88,9 @@ class ImagePreprocessor:
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __call__(self, image: str | Path | Image.Image) -> torch.Tensor:
-        pixels = tvF.pil_to_tensor(load_image(image))  # uint8 [3, H, W]
+        pixels = pil_to_tensor(load_image(image))  # uint8 [3, H, W]
         if pixels.shape[-2:] != (self.size, self.size):
-            pixels = tvF.resize(
-                pixels, [self.size, self.size], interpolation=InterpolationMode.BICUBIC, antialias=True
-            )
+            pixels = resize_bicubic(pixels, self.size)
         mean = torch.tensor(self.image_mean).view(3, 1, 1) * 255.0
         std = torch.tensor(self.image_std).view(3, 1, 1) * 255.0
         return (pixels.to(torch.float32) - mean) / std
