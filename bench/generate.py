@@ -4,15 +4,15 @@
     python bench/generate.py                       # batch 1 and 8, 64 new tokens, 7 repeats
     python bench/generate.py --new-tokens 32 --repeats 5 --batch-sizes 1 4 8
 
-Both run in this process on identical weights: our ``VQAModel`` built from the demo checkpoints
-(``checkpoints/demo-siglip`` + ``checkpoints/demo-qwen2``: tiny dimensions, the real 151,936-row
-Qwen vocabulary, so the vocabulary projection costs what it costs in a real model of that width)
-and an HF LLaVA holding the same tensors (mapped by name, as in tests/test_model.py). Every call
+Both run in this process on identical weights: our ``VQAModel`` built from the fixed workload of
+bench/workload.py (so400m-384's 728 image tokens, so the prefill is what a real one costs at this
+width; small hidden sizes; the real 151,936-row Qwen vocabulary, so the vocabulary projection
+costs what it costs in a real model of that width; or ``--vision``/``--language`` checkpoints) and
+an HF LLaVA holding the same tensors (mapped by name, as in tests/test_model.py). Every call
 generates exactly ``--new-tokens`` tokens per row (no early stop: no end-of-turn ids for ours,
 ``eos_token_id=None`` + ``min_new_tokens`` for HF), from real left-padded prompts and random
 pixels. The two are timed alternately (so background load hits both alike); medians over the
-repeats are reported as tokens/s and ratios. Build the checkpoints first with
-``python tools/build_tiny_checkpoints.py``.
+repeats are reported as tokens/s and ratios.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def llava_from(model):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vision", default=str(ROOT / "checkpoints" / "demo-siglip"))
-    parser.add_argument("--language", default=str(ROOT / "checkpoints" / "demo-qwen2"))
+    parser.add_argument("--vision", help="a SigLIP checkpoint (default: the fixed workload's)")
+    parser.add_argument("--language", help="a Qwen checkpoint with its tokenizer (default: the fixed workload's)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
@@ -77,9 +77,14 @@ def main() -> int:
     parser.add_argument("--module-head", action="store_true",
                         help="ours without the cached transposed lm_head weight (the module's own h @ W.T)")
     args = parser.parse_args()
-    for path in (args.vision, args.language):
-        if not Path(path).is_dir():
-            sys.exit(f"error: {path} not found; run python tools/build_tiny_checkpoints.py first")
+    work = None
+    if not (args.vision and args.language):
+        import tempfile
+
+        from bench.workload import build_bases
+
+        work = Path(tempfile.mkdtemp(prefix="generate-"))
+        args.vision, args.language = map(str, build_bases(work))
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -88,7 +93,6 @@ def main() -> int:
     from inference import generation
     from inference.generation import SamplingSettings, generate
     from inference.predictor import Predictor
-    from qwen import load_tokenizer
 
     if args.module_head:
         generation._MAX_TRANSPOSED_HEAD_BYTES = 0
@@ -97,7 +101,11 @@ def main() -> int:
     with torch.no_grad():  # a projector that matters (the fresh one is ~0)
         for p in model.multi_modal_projector.parameters():
             p.normal_(0, 0.2)
-    tokenizer = load_tokenizer(args.language)
+    tokenizer = model.tokenizer
+    if work is not None:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     predictor = Predictor(model, tokenizer, system_prompt="")
     llava = llava_from(model)
     settings = SamplingSettings(max_new_tokens=args.new_tokens)

@@ -1,12 +1,12 @@
 """One training step of our model vs transformers' LlavaForConditionalGeneration.
 
-Identical weights and batch: tiny dimensions (checkpoints/demo-siglip + demo-qwen2) with the real
-151,936-row Qwen vocabulary, batch 8, ~100 tokens per sample of which a short answer (answer word
-+ <|im_end|>) is supervised; the pretrain stage (projector trains, gradients flow through the
-whole LM). A step is forward + backward + AdamW. Both models run side by side in one process,
-alternating, and the medians are compared.
+    .venv/bin/python bench/train_step.py [--repeats 20] [--threads 2]
 
-    python bench/train_step.py [--repeats 20] [--threads 2]
+Identical weights and batch on the fixed workload of bench/workload.py: so400m-384's 728 image
+tokens per sample, the real 151,936-row Qwen vocabulary, small hidden sizes; batch 8, ~760 tokens
+per sample of which a short answer (answer word + <|im_end|>) is supervised; the pretrain stage
+(projector trains, gradients flow through the whole LM). A step is forward + backward + AdamW.
+Both models run side by side in one process, alternating, and the medians are compared.
 """
 
 from __future__ import annotations
@@ -72,22 +72,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    import shutil
+    import tempfile
+
+    from bench.workload import build_bases
     from config import ModelSettings
     from model import VQAModel
-    from qwen import load_tokenizer
-    from tools.build_tiny_checkpoints import build_all
 
-    paths = build_all()
-    torch.manual_seed(0)
-    ours = VQAModel.from_settings(ModelSettings(vision_model=str(paths["demo-siglip"]), language_model=str(paths["demo-qwen2"]),
-                                                dtype="float32"))
+    work = Path(tempfile.mkdtemp(prefix="train-step-"))
+    try:
+        vision, text = build_bases(work)
+        torch.manual_seed(0)
+        ours = VQAModel.from_settings(ModelSettings(vision_model=str(vision), language_model=str(text), dtype="float32"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     ours.configure_training("projector")
     ours.train()
     reference = llava_with_weights(ours).train()
     reference.requires_grad_(False)
     reference.model.multi_modal_projector.requires_grad_(True)
-    tokenizer = load_tokenizer(str(paths["demo-qwen2"]))
-    batch = make_batch(ours, tokenizer, args.batch)
+    batch = make_batch(ours, ours.tokenizer, args.batch)
     tokens = int(batch["attention_mask"].sum()) / args.batch
     supervised = int((batch["labels"][:, 1:] != -100).sum())
 
