@@ -1,4 +1,4 @@
-"""The training dataset: one merged record -> input_ids, labels, pixel_values.
+"""The training dataset: one merged record -> input_ids, labels and uint8 pixels (the tower normalises).
 
 All conversations are rendered once up front (with one placeholder id per image; the expansion
 to ``num_image_tokens`` happens per item), which gives exact lengths for length-grouped
@@ -119,7 +119,7 @@ class VQADataset(Dataset):
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)
             try:
-                pixels = self.preprocess(self.image_paths[i])
+                pixels = self.preprocess.resized(self.image_paths[i])  # uint8: the tower normalises
             except ValueError as exc:
                 self.bad_images[str(self.image_paths[i])] += 1
                 logger.warning("skipping unreadable image (%d so far in this worker): %s", sum(self.bad_images.values()), exc)

@@ -71,6 +71,10 @@ class VisionTower(nn.Module):
         raise NotImplementedError
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values``: normalised floats, or the uint8 pixels the training loader hands over
+        (normalised here, on the tower's device; see ``ImagePreprocessor.resized``)."""
+        if pixel_values.dtype == torch.uint8:
+            pixel_values = self.preprocessor.normalize(pixel_values)
         if self.trainable and torch.is_grad_enabled():
             hidden = self.hidden_state(pixel_values)
         else:
