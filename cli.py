@@ -243,7 +243,8 @@ def load_predictor(args: argparse.Namespace, concurrency: int = 8):
 
     device = torch_device(args.device)
     try:
-        return Predictor.from_checkpoint(args.checkpoint, dtype=args.dtype, device=device)
+        return Predictor.from_checkpoint(args.checkpoint, dtype=args.dtype, device=device,
+                                         quantize=quantize_override(args))
     except UserError:
         raise
     except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
@@ -261,6 +262,15 @@ def text_argument(value: str, flag: str) -> str:
         byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character {bad!r}"
         fail(f"{flag}: not valid UTF-8 text ({byte} at position {exc.start}); check the terminal's encoding")
     return value
+
+
+def quantize_override(args: argparse.Namespace) -> str | None:
+    """A checkpoint's own ``quantize`` setting decides how its language model loads; ``--set
+    model.quantize=none`` (or ``nf4``/``fp4``) on the command line overrides it, e.g. a QLoRA
+    checkpoint on its full-precision base. None when not given."""
+    given = [o.split("=", 1)[1].strip() for o in getattr(args, "overrides", None) or []
+             if o.split("=", 1)[0].strip() == "model.quantize" and "=" in o]
+    return given[-1] if given else None
 
 
 def check_image(path: str | Path) -> None:

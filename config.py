@@ -59,6 +59,14 @@ class ModelSettings:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     # System message for every conversation; null lets the chat template pick its default.
     system_prompt: str | None = None
+    # QLoRA: load the language model's linear layers in 4 bits through bitsandbytes ("nf4" or
+    # "fp4"; "none": as `dtype` says). Only with train.finetune: lora at stage sft; the tower and
+    # the projector stay as configured, and checkpoints hold only the adapter and the projector.
+    quantize: Literal["none", "nf4", "fp4"] = "none"
+    # Quantize the 4-bit blocks' scales as well (QLoRA's double quantization, ~0.4 bit/param less).
+    quantize_double: bool = True
+    # What the 4-bit layers compute in; the frozen embeddings and head are kept in it too.
+    quantize_compute_dtype: DType = "bfloat16"
 
 
 @dataclass

@@ -29,6 +29,20 @@ from exporters import FORMATS, exporter
 from model.checkpoints import describe_choice
 
 
+def qlora_note(checkpoint) -> str | None:
+    """What happens to a QLoRA checkpoint's 4-bit base, said once."""
+    import json
+
+    try:
+        quantize = json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("quantize", "none")
+    except (OSError, ValueError):
+        return None
+    if quantize in (None, "none"):
+        return None
+    return (f"a QLoRA checkpoint ({quantize}): its adapter is merged into the full-precision base model, "
+            "the usual QLoRA practice; the export is not quantized")
+
+
 @cli.entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser_from_doc(__doc__)
@@ -42,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(args.output)
         from exporters.common import resolve  # torch from here on
 
-        note = describe_choice(args.checkpoint, resolve(args.checkpoint))
-        if note:
-            print(f"note: {note}", file=sys.stderr)
+        resolved = resolve(args.checkpoint)
+        for note in (describe_choice(args.checkpoint, resolved), qlora_note(resolved)):
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         out = exporter(args.format).export(args.checkpoint, args.output, args.dtype, args.overwrite)
     print(f"exported {args.checkpoint} -> {out} ({args.format}, {args.dtype})")
     print(f"serve it with: vllm serve {out.resolve()} --chat-template-content-format openai")

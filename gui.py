@@ -47,7 +47,8 @@ def make_backend(args, config):
             return ServerBackend(args.server, args.model, settings, timeout=args.timeout, api_key=args.api_key)
         except BackendError as exc:
             cli.fail(str(exc))
-    return LocalBackend(args.checkpoint, settings, device=cli.torch_device(args.device), dtype=args.dtype)
+    return LocalBackend(args.checkpoint, settings, device=cli.torch_device(args.device), dtype=args.dtype,
+                        quantize=cli.quantize_override(args))
 
 
 @cli.entry_point

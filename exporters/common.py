@@ -62,7 +62,9 @@ def load_checkpoint(checkpoint: str | Path, check=lambda config: None):
     check(config)
     try:
         with quiet_transformers():
-            model = VQAModel.from_pretrained(path, dtype="float32").eval()
+            # A QLoRA checkpoint's adapter is merged into the full-precision base (the usual QLoRA
+            # practice): the 4-bit weights were only ever a memory saving for training.
+            model = VQAModel.from_pretrained(path, dtype="float32", quantize="none").eval()
     except ValueError as exc:
         raise ExportRefused(f"incomplete checkpoint: {exc}") from None
     except OSError as exc:

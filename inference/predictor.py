@@ -42,8 +42,10 @@ class Predictor:
         self.eos_token_ids = end_of_turn_ids(tokenizer)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, dtype: str | None = None, device: str | None = None) -> "Predictor":
-        """A training checkpoint, a run directory (its newest checkpoint) or a LLaVA export."""
+    def from_checkpoint(cls, path: str | Path, dtype: str | None = None, device: str | None = None,
+                        quantize: str | None = None) -> "Predictor":
+        """A training checkpoint, a run directory (its newest checkpoint) or a LLaVA export.
+        ``quantize`` overrides a checkpoint's own ``model.quantize`` (e.g. ``none``)."""
         from model.checkpoints import is_llava_export, resolve_checkpoint
 
         checkpoint = resolve_checkpoint(path, allow_export=True)
@@ -53,7 +55,7 @@ class Predictor:
             return cls(*load_llava_export(checkpoint, dtype=dtype, device=device))
         from model import VQAModel
 
-        model = VQAModel.from_pretrained(checkpoint, dtype=dtype)
+        model = VQAModel.from_pretrained(checkpoint, dtype=dtype, quantize=quantize)
         if device:
             model.to(device)
         return cls(model, model.checkpoint_tokenizer(checkpoint))

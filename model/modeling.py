@@ -23,6 +23,7 @@ from model.bases import check_base
 from model.checkpoints import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, whole_safetensors
 from model.configuration import DTYPES, VQAConfig
 from model.projector import Projector
+from model.quantization import bnb_config, prepare_for_training
 from model.splice import embed_with_images
 from qwen.prompt import IGNORE_INDEX
 from qwen.tokenizer import image_token_id as lookup_image_token_id
@@ -76,9 +77,18 @@ class VQAModel(PreTrainedModel):
             config.vision_feature_select, trainable=config.train_vision_tower, dtype=dtype,
             image_size=config.image_size,
         )
-        lm = AutoModelForCausalLM.from_pretrained(
-            config.language_model, dtype=dtype, attn_implementation=config.attn_implementation_name
-        )
+        quantization = bnb_config(config)
+        if quantization is None:
+            lm = AutoModelForCausalLM.from_pretrained(
+                config.language_model, dtype=dtype, attn_implementation=config.attn_implementation_name
+            )
+        else:  # QLoRA: 4-bit linear layers, the rest in the compute dtype
+            compute = DTYPES[config.quantize_compute_dtype]
+            lm = AutoModelForCausalLM.from_pretrained(
+                config.language_model, dtype=compute, attn_implementation=config.attn_implementation_name,
+                quantization_config=quantization,
+            )
+            lm = prepare_for_training(lm, compute)
         tokenizer_source = config.tokenizer or config.language_model
         tokenizer = load_tokenizer(tokenizer_source, config.image_token)
         token_id = lookup_image_token_id(tokenizer, config.image_token)
@@ -301,6 +311,7 @@ class VQAModel(PreTrainedModel):
         vision_model: str | None = None,
         language_model: str | None = None,
         dtype: str | None = None,
+        quantize: str | None = None,
         **_: object,
     ) -> "VQAModel":
         """Load a checkpoint written by ``save_pretrained``: rebuild from the referenced bases,
@@ -318,6 +329,8 @@ class VQAModel(PreTrainedModel):
             config.language_model = language_model
         if dtype:
             config.base_dtype = dtype
+        if quantize:  # e.g. "none": a QLoRA checkpoint on its full-precision base (export, comparisons)
+            config.quantize = quantize
         if config.tokenizer is None and (path / "tokenizer_config.json").is_file():
             config.tokenizer = str(path)
         model = cls._build(config, f"{path / CONFIG_NAME}: ")

@@ -145,7 +145,8 @@ def ai_source(tmp_path: Path) -> dict:
 
 def teach(model, tokenizer, examples: list[tuple[str, str]], pixels, steps: int, lr: float = 1e-2):
     """Full-batch Adam steps on (question, answer) pairs, one per row of ``pixels``: a random tiny
-    model mostly emits newlines, which would make "the answer is right" vacuous. In place; eval mode after."""
+    model mostly emits newlines, which would make "the answer is right" vacuous. In place; eval mode
+    after. Returns the losses, step by step."""
     import torch
 
     from qwen import PromptRenderer, question_messages
@@ -162,12 +163,15 @@ def teach(model, tokenizer, examples: list[tuple[str, str]], pixels, steps: int,
         mask[i, : len(r.input_ids)] = 1
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
+    losses = []
     for _ in range(steps):
         loss = model(input_ids=ids, pixel_values=pixels, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return model.eval()
+        losses.append(loss.item())
+    model.eval()
+    return losses
 
 
 def save_checkpoint(model, tokenizer, directory: Path) -> Path:

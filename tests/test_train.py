@@ -197,6 +197,9 @@ def test_wandb_without_api_key_logs_offline_and_never_prompts(tiny, merged, tmp_
         (("train.init_from=/nonexistent/pretrain",), "train.init_from: /nonexistent/pretrain: no such checkpoint directory"),
         (("train.output_dir=/proc/vqa-run",), "train.output_dir: /proc/vqa-run: not writable"),
         (("generation.temperature=.nan",), "generation.temperature: expected a finite number"),
+        (("model.quantize=nf4", "train.finetune=full"), "model.quantize: nf4 needs train.stage sft with train.finetune lora"),
+        (("model.quantize=nf4", "train.stage=pretrain"), "model.quantize: nf4 needs train.stage sft with train.finetune lora"),
+        (("model.quantize=fp4", "train.train_vision_tower=true"), "QLoRA keeps the tower as configured and frozen"),
         (("data.train_file=/nonexistent/qa.json",), "data.train_file: /nonexistent/qa.json does not exist"),
         (("train.deepspeed=configs/zero3.json",), "ZeRO-3 needs a distributed launcher"),
         (("train.learnin_rate=1",), "unknown key train.learnin_rate"),
@@ -252,15 +255,21 @@ def test_empty_data_file_is_refused(tiny, merged, tmp_path):
     assert result.returncode == 2 and "holds no records" in result.stderr
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+QLORA = ("model.quantize=nf4", "model.quantize_compute_dtype=float32",
+         "train.lora.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]")
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3", "zero2-qlora"])
 def test_deepspeed_trains_on_two_cpu_processes(tiny, merged, tmp_path, zero):
-    """ZeRO-2 and ZeRO-3 under torchrun with the gloo backend; the checkpoint (ZeRO-3: weights
-    gathered from both ranks at save time) loads with from_pretrained."""
+    """ZeRO-2 and ZeRO-3 under torchrun with the gloo backend, and ZeRO-2 over a 4-bit (NF4) LM;
+    the checkpoint (ZeRO-3: weights gathered from both ranks at save time) loads with from_pretrained."""
     from model import VQAModel
 
     out = tmp_path / "run"
-    port = {"zero2": "29533", "zero3": "29534"}[zero]
-    args = overrides(tiny, merged, out, f"train.deepspeed=configs/{zero}.json", "train.max_steps=4", "train.save_steps=4")
+    port = {"zero2": "29533", "zero3": "29534", "zero2-qlora": "29535"}[zero]
+    extra = QLORA if zero.endswith("qlora") else ()
+    args = overrides(tiny, merged, out, f"train.deepspeed=configs/{zero.split('-')[0]}.json", "train.max_steps=4",
+                     "train.save_steps=4", *extra)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, "train.py", *args],
@@ -269,8 +278,10 @@ def test_deepspeed_trains_on_two_cpu_processes(tiny, merged, tmp_path, zero):
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
     assert (out / "checkpoint-4" / "trainer_state.json").is_file()
     model = VQAModel.from_pretrained(out / "checkpoint-4")
-    assert model.config.finetune == "lora"
+    assert model.config.finetune == "lora" and model.config.quantize == ("nf4" if extra else "none")
     assert len(losses(out)) == 4
+    if extra:  # only the adapter and the projector were saved, never 4-bit base weights
+        assert all("lora_" in k or k.startswith("multi_modal_projector.") for k in trained_state(out / "checkpoint-4"))
     # Real trained values were saved (ZeRO-3 keeps only a shard of each weight on a rank).
     lora_b = [v for k, v in model.state_dict().items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: it trained

@@ -71,6 +71,25 @@ def _check_numbers(cfg: Config) -> None:
             raise UserError(f"train.lora.dropout must be in [0, 1), got {t.lora.dropout}")
 
 
+def _check_quantize(cfg: Config) -> None:
+    """QLoRA trains a LoRA adapter over frozen 4-bit weights: nothing else can train the LM."""
+    m, t = cfg.model, cfg.train
+    if m.quantize == "none":
+        return
+    reason = None
+    if t.stage != "sft":
+        reason = f"train.stage {t.stage} trains the projector only; 4-bit weights are for LoRA on the LM"
+    elif t.finetune != "lora":
+        reason = "train.finetune full would train the 4-bit weights themselves; use finetune: lora (QLoRA)"
+    elif t.train_vision_tower:
+        reason = "train.train_vision_tower: QLoRA keeps the tower as configured and frozen"
+    if reason:
+        raise UserError(f"model.quantize: {m.quantize} needs train.stage sft with train.finetune lora ({reason})")
+    from model.quantization import require_bitsandbytes
+
+    require_bitsandbytes()
+
+
 def _check_lora_targets(cfg: Config) -> None:
     """Every ``train.lora.target_modules`` name must match a module of the language model (peft
     matches a name or a dotted suffix); checked on a weightless meta-device copy of the LM."""
@@ -111,6 +130,7 @@ def validate(cfg: Config) -> None:
         raise UserError("train.train_embeddings: false only applies to stage sft with finetune full "
                         "(LoRA and pretrain never train them)")
     _check_numbers(cfg)
+    _check_quantize(cfg)
     if t.init_from:
         try:
             resolve_checkpoint(t.init_from)

@@ -56,11 +56,12 @@ class LocalBackend:
     """A local checkpoint (or run directory) answered by :class:`inference.predictor.Predictor`."""
 
     def __init__(self, checkpoint: str | Path, settings=None, device: str | None = None,
-                 dtype: str | None = None) -> None:
+                 dtype: str | None = None, quantize: str | None = None) -> None:
         self.checkpoint = Path(checkpoint)
         self.settings = settings
         self.device = device
         self.dtype = dtype
+        self.quantize = quantize  # overrides a QLoRA checkpoint's own setting (e.g. "none")
         self.predictor = None
 
     @property
@@ -73,7 +74,8 @@ class LocalBackend:
         from inference.predictor import Predictor  # torch and transformers: import off the UI thread
 
         try:
-            self.predictor = Predictor.from_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device)
+            self.predictor = Predictor.from_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device,
+                                                       quantize=self.quantize)
         except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
             raise BackendError(f"cannot load the model: {exc}") from None
 
