@@ -348,3 +348,22 @@ def score(predictions: Sequence[Mapping]) -> dict:
     result["per_question_type"] = {k: _summary(*v) for k, v in groups["question_type"].items()}
     result["per_answer_type"] = {k: _summary(*v) for k, v in groups["answer_type"].items()}
     return result
+
+
+def evalai_normalize(text: str) -> str:
+    """EvalAI's answer processor (``EvalAIAnswerProcessor``, used by the VQA and TextVQA evaluation
+    servers, the TextVQA evaluator and LLaVA's submission conversion): lower-case, drop ``,`` and
+    ``?``, split ``'s`` off, then the official whitespace, punctuation and digit/article processing
+    (:func:`normalize_answer`). Unlike :func:`vqa_accuracy` it is applied always, not gated."""
+    text = _check_str(text, "text").lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return normalize_answer(text)
+
+
+def leave_one_out_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """TextVQA's accuracy (m4c ``TextVQAAccuracyEvaluator``): both sides through
+    :func:`evalai_normalize`, then the mean over the answers of ``min(1, matches among the
+    others / 3)``."""
+    answers = [evalai_normalize(a) for a in _answers_list(answers)]
+    pred = evalai_normalize(prediction)
+    scores = [min(1.0, sum(1 for j, a in enumerate(answers) if j != i and a == pred) / 3) for i in range(len(answers))]
+    return sum(scores) / len(scores)

@@ -27,7 +27,7 @@ ALLOWED = {
     "model": {"config", "errors", "visual", "qwen"},
     "dataset": {"config", "errors", "atomic", "qwen", "visual"},
     "inference": {"config", "errors", "dataset", "model", "qwen", "visual"},
-    "evaluation": {"config", "errors", "atomic", "dataset", "visual"},
+    "evaluation": {"config", "errors", "atomic", "dataset", "inference", "visual"},
     "exporters": {"config", "errors", "atomic", "model", "qwen", "visual"},
     "training": {"config", "errors", "atomic", "dataset", "evaluation", "inference", "model", "qwen", "visual"},
     "ui": {"config", "errors", "inference", "visual"},

@@ -1,0 +1,146 @@
+"""What every benchmark module provides, and the pieces they share.
+
+A benchmark reads its official files as they are downloaded into :class:`Question` s, scores a
+``{question id: answer}`` mapping by its official definition, writes the file its evaluation
+server accepts (when the split has no public answers), and reads results files in its official
+format (``evaluate.py --predictions``). The runner (``evaluation.benchmarks.runner``) does the rest:
+asking the model, resuming, writing ``metrics.json``, ``report.md`` and the plot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from errors import UserError, read_utf8
+
+# LLaVA-1.5's evaluation prompt for short-answer benchmarks.
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+
+
+class BenchmarkError(UserError):
+    """An official file that cannot be used as given; the message names the file (and record)."""
+
+
+@dataclass
+class Question:
+    """One question of a benchmark. ``truth`` is None when the split has no public answers."""
+
+    qid: str
+    image: Path
+    question: str
+    truth: Any = None
+    # What the metrics break down by (question_type, answer_type, split, subtask, ...).
+    group: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Submission:
+    """A file for an official evaluation server, and where to upload it."""
+
+    filename: str
+    content: Any
+    upload: str
+
+
+@dataclass
+class Loaded:
+    """The questions of a benchmark and what was skipped while reading them (reason -> count)."""
+
+    questions: list[Question]
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+    _ids: set[str] = field(default_factory=set, repr=False)
+
+    def skip(self, reason: str, example: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{reason}: {example}")
+
+    def admit(self, qid: str, image: Path) -> bool:
+        """Whether a question can be used: a repeated id or a missing image file is a counted skip."""
+        if qid in self._ids:
+            self.skip("duplicate_question_id", qid)
+            return False
+        self._ids.add(qid)
+        if not image.is_file():
+            self.skip("missing_image", str(image))
+            return False
+        return True
+
+
+class Benchmark:
+    """The interface; see the module docstring. Subclasses set ``name``, ``prompt_suffix``,
+    ``needs`` (the command-line inputs it reads) and implement the methods."""
+
+    name: str = ""
+    prompt_suffix: str = SHORT_ANSWER
+    # Which of --questions / --annotations / --images the benchmark reads.
+    needs: tuple[str, ...] = ("questions", "images")
+
+    def read(self, questions: Sequence[Path], annotations: Path | None, images: Path | None) -> Loaded:
+        raise NotImplementedError
+
+    def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
+        raise NotImplementedError
+
+    def submission(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Submission | None:
+        return None
+
+    def read_predictions(self, path: Path, questions: Sequence[Question]) -> dict[str, str]:
+        """``[{"question_id": ..., "answer": ...}]``, the VQA results format; others override."""
+        return by_key(load_json(path, "results file"), path, "question_id", "answer")
+
+
+# -- shared helpers ------------------------------------------------------------------------------
+
+
+def load_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(read_utf8(path, what))
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"{path}: not valid JSON ({what}): {exc}") from None
+
+
+def load_jsonl(path: Path, what: str) -> list[Any]:
+    rows = []
+    for number, line in enumerate(read_utf8(path, what).split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise BenchmarkError(f"{path}: line {number} is not valid JSON ({what}): {exc}") from None
+    return rows
+
+
+def by_key(rows: Any, path: Path, key: str, value: str) -> dict[str, str]:
+    """A results list ``[{key: id, value: answer}]`` as ``{str(id): answer}``; duplicate or
+    malformed entries are a one-line error naming the entry."""
+    if not isinstance(rows, list):
+        raise BenchmarkError(f"{path}: expected a JSON list of {{{key!r}, {value!r}}} entries")
+    answers: dict[str, str] = {}
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict) or key not in row or not isinstance(row.get(value), str):
+            raise BenchmarkError(f"{path}: entry #{n} needs {key!r} and a string {value!r}: {str(row)[:120]}")
+        qid = str(row[key])
+        if qid in answers:
+            raise BenchmarkError(f"{path}: {key} {qid} appears twice")
+        answers[qid] = row[value]
+    return answers
+
+
+def percent(values: Sequence[float]) -> float:
+    """``round(100 * mean, 2)``, how the official VQA evaluation reports an accuracy."""
+    return round(100 * sum(values) / len(values), 2) if values else 0.0
+
+
+def breakdown(questions: Sequence[Question], scores: Mapping[str, float], key: str) -> dict[str, float]:
+    """Per value of ``group[key]``: the percent accuracy of the questions that have it."""
+    groups: dict[str, list[float]] = {}
+    for q in questions:
+        if q.qid in scores and key in q.group:
+            groups.setdefault(q.group[key], []).append(scores[q.qid])
+    return {name: percent(values) for name, values in sorted(groups.items())}

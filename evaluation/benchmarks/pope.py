@@ -1,0 +1,95 @@
+"""POPE: "Is there a <object> in the image?" — object hallucination, yes/no.
+
+Files as published (https://github.com/RUCAIBox/POPE, ``output/coco/coco_pope_{random,popular,
+adversarial}.json``): JSON lines ``{"question_id", "image", "text", "label": "yes"|"no"}``; give one
+``--questions`` per split (the split is named after the file). Images: ``<images>/<image>`` (COCO val2014).
+
+The answer is read as LLaVA's POPE evaluation does (first sentence; "no"/"No"/"not" among its words
+-> no, else yes) and scored per split with "yes" as the positive class: accuracy, precision,
+recall, F1 and the share of "yes" answers, each in percent with 2 decimals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from evaluation.benchmarks.base import Benchmark, BenchmarkError, Loaded, Question, load_json, load_jsonl
+
+
+def pope_answer(text: str) -> str:
+    """LLaVA's eval_pope.py: the first sentence, commas dropped, then yes unless it says no."""
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def split_name(path: Path) -> str:
+    match = re.search(r"pope_(\w+)$", path.stem)
+    return match.group(1) if match else path.stem
+
+
+def _rate(numerator: int, denominator: int) -> float:
+    return round(100 * numerator / denominator, 2) if denominator else 0.0
+
+
+class POPE(Benchmark):
+    name = "pope"
+    prompt_suffix = ""  # LLaVA-1.5 asks POPE's questions as they are ("... in the image?")
+
+    def read(self, questions: Sequence[Path], annotations: Path | None, images: Path | None) -> Loaded:
+        loaded = Loaded([])
+        for path in questions:
+            split = split_name(path)
+            for n, q in enumerate(load_jsonl(path, "POPE questions file")):
+                if not isinstance(q, dict) or not {"question_id", "image", "text"} <= set(q):
+                    loaded.skip("malformed_question", f"{path} line {n + 1}")
+                    continue
+                image = images / str(q["image"])
+                if not loaded.admit(f"{split}/{q['question_id']}", image):
+                    continue
+                label = str(q["label"]).strip().lower() if "label" in q else None
+                if label not in (None, "yes", "no"):
+                    raise BenchmarkError(f"{path}: line {n + 1}: label must be yes or no, got {q['label']!r}")
+                loaded.questions.append(Question(f"{split}/{q['question_id']}", image, str(q["text"]), label,
+                                                 {"split": split}))
+        return loaded
+
+    def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
+        splits: dict[str, dict] = {}
+        for q in questions:
+            if q.qid not in answers:
+                continue
+            c = splits.setdefault(q.group["split"], {"tp": 0, "fp": 0, "tn": 0, "fn": 0})
+            predicted_yes = pope_answer(answers[q.qid]) == "yes"
+            truth_yes = q.truth == "yes"
+            c[("t" if predicted_yes == truth_yes else "f") + ("p" if predicted_yes else "n")] += 1
+        out = {}
+        for split, c in sorted(splits.items()):
+            total = sum(c.values())
+            precision, recall = _rate(c["tp"], c["tp"] + c["fp"]), _rate(c["tp"], c["tp"] + c["fn"])
+            out[split] = {
+                "accuracy": _rate(c["tp"] + c["tn"], total), "precision": precision, "recall": recall,
+                "f1": round(2 * precision * recall / (precision + recall), 2) if precision + recall else 0.0,
+                "yes_ratio": _rate(c["tp"] + c["fp"], total), "count": total, **c,
+            }
+        return {"splits": out, "count": sum(s["count"] for s in out.values())}
+
+    def read_predictions(self, path: Path, questions: Sequence[Question]) -> dict[str, str]:
+        """LLaVA's answers file: JSON lines ``{"question_id", "text"}`` (``"answer"`` accepted too;
+        ``"split"`` when several splits are scored together)."""
+        rows = load_jsonl(path, "answers file") if path.suffix == ".jsonl" else load_json(path, "answers file")
+        splits = sorted({q.group["split"] for q in questions})
+        answers: dict[str, str] = {}
+        for n, row in enumerate(rows if isinstance(rows, list) else []):
+            text = row.get("text", row.get("answer")) if isinstance(row, dict) else None
+            split = row.get("split", splits[0] if len(splits) == 1 else None) if isinstance(row, dict) else None
+            if not isinstance(text, str) or "question_id" not in row or split is None:
+                raise BenchmarkError(f"{path}: entry #{n} needs question_id, text (and split with several splits)")
+            qid = f"{split}/{row['question_id']}"
+            if qid in answers:
+                raise BenchmarkError(f"{path}: question {qid} appears twice")
+            answers[qid] = text
+        return answers
