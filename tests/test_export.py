@@ -473,6 +473,38 @@ def test_infer_server_against_transformers_serve(predictors, server, tmp_path):
     assert result.stdout.strip() == expected.text
 
 
+def test_a_benchmark_scores_the_same_through_transformers_serve(checkpoints, server, tmp_path):
+    """evaluate.py --benchmark against the served export and against the checkpoint: same answers,
+    same metrics.json numbers."""
+    import evaluate
+
+    url, model_name = server
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    colours = {1: (220, 30, 30), 2: (30, 30, 220), 3: (30, 180, 30)}
+    for i, colour in colours.items():
+        image = picture()
+        ImageDraw.Draw(image).rectangle([0, 0, 8, 8], fill=colour)
+        image.save(coco / f"COCO_val2014_{i:012d}.jpg", format="PNG")
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps({"data_subtype": "val2014", "questions": [
+        {"image_id": i, "question": QUESTION, "question_id": i} for i in colours]}))
+    annotations = tmp_path / "a.json"
+    annotations.write_text(json.dumps({"annotations": [
+        {"question_id": i, "question_type": "what color", "answer_type": "other",
+         "answers": [{"answer": a} for a in ["red"] * 5 + ["blue"] * 5]} for i in colours]}))
+    common = ["--benchmark", "vqav2", "--questions", str(questions), "--annotations", str(annotations),
+              "--images", str(coco), "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    assert evaluate.main([*common, "--checkpoint", str(checkpoints["lora"]), "--output", str(tmp_path / "local")]) == 0
+    assert evaluate.main([*common, "--server", url, "--model", model_name, "--concurrency", "3",
+                          "--output", str(tmp_path / "served")]) == 0
+    read = lambda name: [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]  # noqa: E731
+    assert read("served") == read("local")
+    local, served = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("local", "served"))
+    for key in ("overall", "perQuestionType", "perAnswerType", "count"):
+        assert served[key] == local[key], key
+
+
 # -- hardening ------------------------------------------------------------------------------------
 
 
