@@ -183,8 +183,16 @@ class GenerationSettings:
     top_k: int = 0
     seed: int = 0
     batch_size: int = 8
-    # Batch pre-annotation flags answers whose mean token log-probability is below this.
+    # Batch pre-annotation flags an answer for review (the rule that fired is recorded) when its
+    # mean token log-probability is below review_threshold, when it holds one of review_words
+    # (hedging: whole words, any case; words in CJK scripts anywhere), when it is empty, or when
+    # it is longer than review_max_chars characters (0: no limit).
     review_threshold: float = -0.5
+    review_words: list[str] = field(default_factory=lambda: [
+        "maybe", "possibly", "probably", "perhaps", "might", "not sure", "unclear", "i think",
+        "可能", "也许", "大概", "或许", "好像", "似乎", "不确定",
+    ])
+    review_max_chars: int = 200
 
 
 @dataclass

@@ -19,10 +19,14 @@ above, which win over the config.
 
 batch output (--output FILE.jsonl), one line per image (or per record of a merged qa.json):
   {"image": "photos/a.jpg", "question": "...", "answer": "...", "confidence": -0.21, "review": false}
+  {"image": "photos/b.jpg", "question": "...", "answer": "maybe a cat", "confidence": -0.9, "review": true,
+   "flags": ["low_confidence", "hedge:maybe"]}
   {"image": "photos/broken.jpg", "question": "...", "error": "photos/broken.jpg: not a readable image (...)"}
 
-confidence is the mean log-probability of the answer's tokens; review is true when it is below
-generation.review_threshold. Lines are appended and fsynced batch by batch; re-running the same
+confidence is the mean log-probability of the answer's tokens; review is true (and flags says why)
+when it is below generation.review_threshold (low_confidence), when the answer holds one of
+generation.review_words (hedge:WORD), is empty, or is longer than generation.review_max_chars
+(too_long). Review the flagged answers with: python gui.py --review out.jsonl Lines are appended and fsynced batch by batch; re-running the same
 command skips what the file already answers (and repairs a last line cut off by a crash), so an
 interrupted run is resumed by running it again. Errors are retried with --retry-errors.
 
@@ -127,7 +131,9 @@ def answer_batch(args: argparse.Namespace, config) -> int:
     from atomic import check_writable
     from inference.batch import collect_items, run_batch
 
-    threshold = args.review_threshold if args.review_threshold is not None else config.generation.review_threshold
+    from inference.flags import ReviewRules
+
+    rules = ReviewRules.from_config(config.generation, args.review_threshold)
     items = collect_items(args.images, args.question.strip() if args.question else None)
     output = Path(args.output)
     if output.is_dir():
@@ -136,7 +142,7 @@ def answer_batch(args: argparse.Namespace, config) -> int:
     settings = cli.sampling_settings(config, args)
     predictor = cli.load_predictor(args, concurrency=config.generation.batch_size)
     try:
-        counts = run_batch(predictor, items, output, settings, config.generation.batch_size, threshold,
+        counts = run_batch(predictor, items, output, settings, config.generation.batch_size, rules,
                            args.retry_errors)
     except KeyboardInterrupt:
         print(f"\ninterrupted: what was answered is in {output}; run the same command again to resume",
@@ -146,7 +152,7 @@ def answer_batch(args: argparse.Namespace, config) -> int:
         cli.fail(f"{output}: {exc}")
     print(
         f"{counts['answered']} answered, {counts['errors']} errors, {counts['review']} flagged for review "
-        f"(confidence < {threshold}), {counts['skipped']} already in {output}",
+        f"({rules.describe()}), {counts['skipped']} already in {output}",
         file=sys.stderr,
     )
     return 0

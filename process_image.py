@@ -9,7 +9,9 @@ config keys read:
   data.sources           the raw sources, in order: [{type, annotations, image_dir, name}], type one of
                          ai_challenger (captions), llava (LLaVA-format JSON such as LLaVA-Instruct
                          complex_reasoning_77k.json / detail_23k.json / mix665k), swift_jsonl
-                         (ms-swift JSONL); name (default: the type) prefixes record ids
+                         (ms-swift JSONL), reviewed (an infer.py answers file and the review log
+                         gui.py --review wrote beside it: accepted and edited answers are kept);
+                         name (default: the type) prefixes record ids
   data.output_dir        where the merged files go
   data.seed              the RNG that picks AI Challenger captions and question templates
   data.question_templates  AI Challenger questions (each holds the image placeholder once)
@@ -22,6 +24,9 @@ run leaves the previous output untouched):
   images.json            image id -> {path (relative to data.output_dir), source}
   qa.json                records: {id, image_id, source, messages: [{role, content}], ...}
   stats.json             per-source and total counts, skip reasons with their first examples
+  preferences.jsonl      only when a reviewed source holds edited answers: preference pairs in the
+                         ms-swift format {messages, rejected_response, images} (chosen: the reviewer's
+                         answer, rejected: the model's), image paths as in images.json
 
 The schema, the per-source rules and the skip reasons are in docs/data_format.md. A file that
 cannot be read or parsed always stops the run: dropping a whole source would silently change the
@@ -38,7 +43,7 @@ import sys
 import cli
 from atomic import check_writable
 from dataset.merge import NothingAccepted, format_report, run
-from dataset.writer import OUTPUT_FILES
+from dataset.writer import OUTPUT_FILES, PREFERENCES_FILE
 
 
 @cli.entry_point
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in stats.sources:
         if s.records == 0:
             print(f"warning: source {s.name} ({s.annotations}) contributed no records", file=sys.stderr)
-    print(f"wrote {', '.join(OUTPUT_FILES)} to {config.data.output_dir}")
+    written = OUTPUT_FILES + ((PREFERENCES_FILE,) if stats.preference_pairs else ())
+    print(f"wrote {', '.join(written)} to {config.data.output_dir}")
     return 0
 
 

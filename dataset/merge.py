@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from config import Config, DataSettings, SourceSettings
 from dataset.sources import BadRecord, Candidate, MergeError, source_class
+from dataset.sources.base import RAW_IMAGE_TAG
 from dataset.writer import output_documents, write_outputs
 
 class NothingAccepted(MergeError):
@@ -52,6 +53,9 @@ class SourceStats:
     turns: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    # Kinds of accepted records a source tells apart (reviewed: accepted / edited).
+    tallies: dict[str, int] = field(default_factory=dict)
+    preference_pairs: int = 0
 
     @property
     def skipped_total(self) -> int:
@@ -81,6 +85,10 @@ class MergeStats:
         return sum(s.turns for s in self.sources)
 
     @property
+    def preference_pairs(self) -> int:
+        return sum(s.preference_pairs for s in self.sources)
+
+    @property
     def skipped(self) -> dict[str, int]:
         total: dict[str, int] = {}
         for s in self.sources:
@@ -91,18 +99,21 @@ class MergeStats:
     def to_dict(self) -> dict:
         return {
             "seed": self.seed,
-            "total": {"records": self.records, "images": self.images, "turns": self.turns, "skipped": self.skipped},
+            "total": {"records": self.records, "images": self.images, "turns": self.turns, "skipped": self.skipped,
+                      "preference_pairs": self.preference_pairs},
             "sources": [asdict(s) for s in self.sources],
         }
 
 
 @dataclass
 class MergeResult:
-    """The merged data: ``images[i]`` is the (relative path, source) of image id ``i``."""
+    """The merged data: ``images[i]`` is the (relative path, source) of image id ``i``;
+    ``preferences``: ms-swift preference records (``messages``, ``rejected_response``, ``images``)."""
 
     images: list[tuple[str, str]]
     records: list[dict[str, Any]]
     stats: MergeStats
+    preferences: list[dict[str, Any]] = field(default_factory=list)
 
 
 # -- checks shared by every format --------------------------------------------------------------
@@ -176,6 +187,7 @@ class Merger:
         self.image_ids: dict[str, int] = {}  # normalised absolute path -> id
         self.images: list[tuple[str, str]] = []  # index = image id
         self.records: list[dict[str, Any]] = []
+        self.preferences: list[dict[str, Any]] = []
         self.contents: set[tuple] = set()  # (image path, role, content, role, content, ...)
         self.relative_dirs: dict[str, str] = {}
         self.stats = MergeStats(seed=data.seed)
@@ -237,6 +249,19 @@ class Merger:
         record = {"id": f"{source}/{cand.raw_id}", "image_id": image_id, "source": source, "messages": cand.messages}
         record.update(cand.extra)
         self.records.append(record)
+        if cand.tally is not None:
+            stats.tallies[cand.tally] = stats.tallies.get(cand.tally, 0) + 1
+        if cand.rejected is not None:
+            self.preferences.append(self._preference(record, cand.rejected))
+            stats.preference_pairs += 1
+
+    def _preference(self, record: dict[str, Any], rejected: str) -> dict[str, Any]:
+        """The record as an ms-swift preference line: ``<image>`` in the user text, the image path
+        as in images.json (relative to the output directory), the dispreferred answer beside it."""
+        messages = [{"role": m["role"], "content": m["content"].replace(self.image_token, RAW_IMAGE_TAG)}
+                    for m in record["messages"]]
+        return {"id": record["id"], "messages": messages, "rejected_response": rejected,
+                "images": [self.images[record["image_id"]][0]]}
 
     def _add_image(self, path: str, directory: str, name: str, source: str) -> int:
         """Give ``path`` the next id; its table path is relative to the output directory."""
@@ -288,7 +313,7 @@ def merge(config: Config) -> MergeResult:
     merger = Merger(data, token, data.output_dir)
     for number, src in enumerate(data.sources):
         merger.add_source(number, src)
-    return MergeResult(merger.images, merger.records, merger.stats)
+    return MergeResult(merger.images, merger.records, merger.stats, merger.preferences)
 
 
 # -- run and report -----------------------------------------------------------------------------
@@ -332,6 +357,10 @@ def format_report(stats: MergeStats) -> str:
         lines.append(row(s.name, s.type, (s.read, s.records, s.images, s.turns, s.skipped_total)))
     read = sum(s.read for s in stats.sources)
     lines.append(row("total", "", (read, stats.records, stats.images, stats.turns, sum(stats.skipped.values()))))
+    for s in stats.sources:
+        if s.tallies or s.preference_pairs:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(s.tallies.items()))
+            lines.append(f"{s.name}: {kinds}; {s.preference_pairs} preference pair(s) -> preferences.jsonl")
     for s in stats.sources:
         for reason, count in sorted(s.skipped.items()):
             lines.append(f"skipped in {s.name}: {reason} x{count} ({s.annotations}), first:")

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from dataset.merge import MergeResult
 
 OUTPUT_FILES = ("images.json", "qa.json", "stats.json")
+# Written beside them when a source yields preference pairs (the reviewed source's edits).
+PREFERENCES_FILE = "preferences.jsonl"
 # Keys every qa.json record has, in this order; anything after them is a passthrough key.
 RECORD_KEYS = frozenset({"id", "image_id", "source", "messages"})
 
@@ -61,13 +63,16 @@ def join_document(open_: str, pieces: Iterable[str], close: str) -> Iterator[str
 
 
 def output_documents(result: "MergeResult") -> dict[str, Iterable[str]]:
-    """File name -> text pieces of images.json, qa.json and stats.json."""
+    """File name -> text pieces of images.json, qa.json, stats.json (and preferences.jsonl)."""
     images = (format_image(i, path, source) for i, (path, source) in enumerate(result.images))
-    return {
+    documents = {
         "images.json": join_document("{", images, "}"),
         "qa.json": join_document("[", map(format_record, result.records), "]"),
         "stats.json": [json.dumps(result.stats.to_dict(), ensure_ascii=False, indent=1) + "\n"],
     }
+    if result.preferences:
+        documents[PREFERENCES_FILE] = (json.dumps(p, ensure_ascii=False) + "\n" for p in result.preferences)
+    return documents
 
 
 def write_outputs(output_dir: str, documents: dict[str, Iterable[str]]) -> None:
@@ -79,5 +84,8 @@ def write_outputs(output_dir: str, documents: dict[str, Iterable[str]]) -> None:
         raise MergeError(f"{output_dir}: cannot create output directory: {exc.strerror or exc}") from None
     try:
         write_documents(output_dir, documents)
+        stale = os.path.join(output_dir, PREFERENCES_FILE)
+        if PREFERENCES_FILE not in documents and os.path.exists(stale):
+            os.remove(stale)  # from an earlier run: it would pair with records no longer there
     except OSError as exc:
         raise MergeError(f"{output_dir}: cannot write output: {exc}") from None

@@ -2,8 +2,9 @@
 
 One line per item, appended and fsynced batch by batch. A re-run skips what the file already
 answers (by record id, or by image path and question), repairs a last line cut off by a crash,
-and retries errors only when asked. ``confidence`` is the answer's mean token log-probability and
-``review`` flags the ones below a threshold for a person to check.
+and retries errors only when asked. ``confidence`` is the answer's mean token log-probability;
+``review`` marks the answers a person should check and ``flags`` says which rules fired
+(``inference.flags``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataset.jsonl import append_lines, repair_jsonl
 from dataset.records import first_turn_question, image_path, load_merged
 from errors import UserError, one_line
+from inference.flags import ReviewRules
 from visual.image_files import IMAGE_EXTENSIONS, is_image_name
 
 
@@ -96,35 +99,6 @@ def collect_items(images_arg: str, question: str | None) -> list[Item]:
 # -- the resumable output ------------------------------------------------------------------------
 
 
-def repair_jsonl(path: Path) -> int:
-    """Cut a last line that a crash left without its newline; return the bytes dropped."""
-    if not path.is_file():
-        return 0
-    with open(path, "rb+") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return 0
-        # Find the last newline, reading backwards in blocks.
-        pos, keep = size, 0
-        while pos > 0:
-            start = max(0, pos - 65536)
-            f.seek(start)
-            block = f.read(pos - start)
-            nl = block.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            pos = start
-        f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
-        return size - keep
-
-
 def read_done(path: Path, retry_errors: bool) -> tuple[set, int]:
     """Keys already in the output (answers, and errors unless ``retry_errors``), bad line count."""
     done, bad = set(), 0
@@ -143,41 +117,19 @@ def read_done(path: Path, retry_errors: bool) -> tuple[set, int]:
     return done, bad
 
 
-def jsonl_line(entry: dict) -> str:
-    """One JSON line, UTF-8 where possible. A file name that is not valid UTF-8 (say ``caf\\xe9.png``
-    from an old archive) reaches Python as lone surrogates, which UTF-8 cannot encode: such an entry
-    is written with ``\\udcXX`` escapes instead, still valid JSON and UTF-8, and lossless
-    (``os.fsencode(entry["image"])`` gives the original bytes back)."""
-    text = json.dumps(entry, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(entry, ensure_ascii=True)
-    return text + "\n"
-
-
-def append_lines(f, entries: list[dict]) -> None:
-    """Append whole lines and make them durable before the next batch starts."""
-    if not entries:
-        return
-    f.write("".join(map(jsonl_line, entries)))
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def answer_entry(item: Item, text: str, confidence: float | None, threshold: float) -> dict:
+def answer_entry(item: Item, text: str, confidence: float | None, rules: ReviewRules) -> dict:
     entry = item.head()
     entry["answer"] = text
-    if confidence is None or not math.isfinite(confidence):
-        entry["confidence"] = None
-        entry["review"] = True
-    else:
-        entry["confidence"] = round(confidence, 6)
-        entry["review"] = confidence < threshold
+    finite = confidence is not None and math.isfinite(confidence)
+    entry["confidence"] = round(confidence, 6) if finite else None
+    flags = rules.flags(text, confidence)
+    entry["review"] = bool(flags)
+    if flags:
+        entry["flags"] = flags
     return entry
 
 
-def run_batch(predictor, items: list[Item], output: Path, settings, batch_size: int, threshold: float,
+def run_batch(predictor, items: list[Item], output: Path, settings, batch_size: int, rules: ReviewRules,
               retry_errors: bool = False) -> dict:
     """Answer every item not yet in ``output``; returns counts."""
     from tqdm import tqdm
@@ -217,7 +169,7 @@ def run_batch(predictor, items: list[Item], output: Path, settings, batch_size: 
             if ready:
                 answers = predictor.answer(images, [chunk[i].question for i in ready], settings)
                 for i, answer in zip(ready, answers):
-                    entries[i] = answer_entry(chunk[i], answer.text, answer.mean_logprob, threshold)
+                    entries[i] = answer_entry(chunk[i], answer.text, answer.mean_logprob, rules)
                     counts["review"] += entries[i]["review"]
             counts["answered"] += len(ready)
             counts["errors"] += len(chunk) - len(ready)

@@ -30,7 +30,7 @@ ALLOWED = {
     "evaluation": {"config", "errors", "atomic", "dataset", "inference", "visual"},
     "exporters": {"config", "errors", "atomic", "model", "qwen", "visual"},
     "training": {"config", "errors", "atomic", "dataset", "evaluation", "inference", "model", "qwen", "visual"},
-    "ui": {"config", "errors", "inference", "visual"},
+    "ui": {"config", "errors", "dataset", "inference", "visual"},
     "cli": {"config", "errors", "inference", "model"},
 }
 LIBRARY = set(ALLOWED)

@@ -286,3 +286,119 @@ def test_without_a_display_it_exits_with_one_clear_line():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("error: cannot open a window") and "Traceback" not in done.stderr
+
+
+# -- review mode -------------------------------------------------------------------------------
+
+
+def review_answers(directory: Path, count: int = 20) -> Path:
+    """``count`` answers about distinct images; item i has confidence -(i+1)/10, so the queue
+    (least confident first) is i = count-1 ... 0, and items 5.. are flagged."""
+    from tests.conftest import write_image
+
+    lines = []
+    for i in range(count):
+        image = write_image(directory / f"photo{i:02d}.png", (160, 120), (10 * i, 120, 250 - 10 * i))
+        confidence = -(i + 1) / 10
+        entry = {"image": str(image), "question": f"What is in photo {i}?", "answer": f"answer {i}",
+                 "confidence": confidence, "review": confidence < -0.5}
+        if entry["review"]:
+            entry["flags"] = ["low_confidence"]
+        lines.append(json.dumps(entry))
+    path = directory / "answers.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_review_window_by_keyboard_survives_kill_9_and_feeds_training(start_app, tmp_path):
+    import process_image
+
+    answers = review_answers(tmp_path)
+    log = tmp_path / "answers.review.jsonl"
+    title = "Review answers.jsonl"
+    app = start_app("--review", str(answers), "--reviewer", "tester")
+    state = app.wait(lambda s: s["current"] and s["image_size"] and s["image_size"][0] > 300, 60, "the first item")
+    assert abs(state["image_size"][0] / state["image_size"][1] - 160 / 120) < 0.02  # fitted, aspect kept
+    assert state["current"]["answer"] == "answer 19" and state["progress"] == "0 / 20 reviewed · 15 flagged left"
+    window = app.focus(title)
+    app.screenshot(window, "review-item.png")
+
+    def press(*keys: str, decided: int) -> dict:
+        app.key(*keys)
+        return app.wait(lambda s: sum(v for k, v in s["counts"].items() if k != "undecided") == decided
+                        and not s["editing"], 10, f"{decided} decisions after {keys}")
+
+    press("Return", decided=1)                                       # 19: accept
+    app.key("e")                                                     # 18: edit, typing replaces
+    app.wait(lambda s: s["editing"] and s["edit_text"] == "answer 18", 10, "the edit box")
+    app.type("红色的公交车 über")
+    app.wait(lambda s: s["edit_text"] == "红色的公交车 über", 10, "the typed text")
+    app.screenshot(window, "review-editing.png")
+    press("Return", decided=2)
+    app.type("Zebra")                                                # 17: typing starts an edit
+    app.wait(lambda s: s["editing"] and s["edit_text"] == "Zebra", 10, "the typed edit")
+    press("Return", decided=3)
+    press("Delete", decided=4)                                       # 16: reject
+    press("s", decided=5)                                            # 15: skip
+    press("Return", decided=6)                                       # 14: accept...
+    state = press("u", decided=5)                                    # ...undone
+    assert state["current"]["answer"] == "answer 14" and state["message"] == "Undid: accept"
+    button = state["buttons"]["reject"]                              # 14: reject with the mouse
+    app.xdotool("mousemove", "--sync", str(button["x"]), str(button["y"]), "click", "1")
+    state = app.wait(lambda s: s["counts"]["reject"] == 2, 10, "the Reject button")
+    app.focus(title)
+    app.key("e")                                                     # 13: an edit abandoned with Esc
+    app.wait(lambda s: s["editing"], 10, "the edit box")
+    app.key("Escape")
+    state = app.wait(lambda s: not s["editing"], 10, "the edit to close")
+    assert state["current"]["answer"] == "answer 13" and state["current"]["decision"] is None
+
+    app.proc.kill()  # SIGKILL: no chance to flush or clean up
+    app.proc.wait(10)
+    decided = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()][1:]
+    assert [(d["decision"], d.get("model_answer"), d.get("final_answer")) for d in decided] == [
+        ("accept", "answer 19", "answer 19"), ("edit", "answer 18", "红色的公交车 über"),
+        ("edit", "answer 17", "Zebra"), ("reject", "answer 16", None), ("skip", "answer 15", None),
+        ("accept", "answer 14", "answer 14"), ("undo", None, None), ("reject", "answer 14", None)]
+
+    # Reopened: resumes at the first undecided item (13); accept the rest, one of them with Enter each.
+    app = start_app("--review", str(answers), "--reviewer", "tester")
+    state = app.wait(lambda s: s["current"] is not None, 60, "the reopened review")
+    assert state["current"]["answer"] == "answer 13" and state["progress"] == "6 / 20 reviewed · 9 flagged left"
+    app.focus(title)
+    for n in range(7, 21):
+        state = press("Return", decided=n)
+    assert state["message"] == "All 20 items reviewed" and state["counts"] == \
+        {"accept": 15, "edit": 2, "reject": 2, "skip": 1, "undecided": 0}
+    app.screenshot(app.find_window(title), "review-done.png")
+    app.focus(title)
+    app.key("ctrl+q")
+    assert app.proc.wait(20) == 0 and "Traceback" not in app.log.read_text()
+
+    # Back into training: 17 records (15 accepted + 2 corrected) and 2 preference pairs.
+    config = tmp_path / "merge.yaml"
+    config.write_text(f"data:\n  sources:\n    - type: reviewed\n      annotations: {answers}\n"
+                      f"  output_dir: {tmp_path / 'merged'}\n")
+    assert process_image.main(["--config", str(config)]) == 0
+    records = json.loads((tmp_path / "merged" / "qa.json").read_text(encoding="utf-8"))
+    finals = {r["messages"][0]["content"].split("photo ")[1].rstrip("?"): r["messages"][1]["content"] for r in records}
+    expected = {str(i): f"answer {i}" for i in range(20) if i not in (14, 15, 16, 17, 18)}
+    expected |= {"18": "红色的公交车 über", "17": "Zebra"}
+    assert finals == expected
+    pairs = [json.loads(line) for line in (tmp_path / "merged" / "preferences.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(p["messages"][1]["content"], p["rejected_response"]) for p in pairs] == \
+        [("Zebra", "answer 17"), ("红色的公交车 über", "answer 18")]  # file order
+    assert all(p["messages"][0]["content"].startswith("<image>\n") for p in pairs)
+
+
+def test_review_refuses_a_directory_where_the_log_cannot_be_written(tmp_path):
+    from tests.test_review import read_only
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    answers = review_answers(folder, 3)
+    with read_only(folder):
+        done = subprocess.run([sys.executable, str(ROOT / "gui.py"), "--review", str(answers)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120, env=dict(os.environ, DISPLAY=":none"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: {folder / 'answers.review.jsonl'}: cannot write the review log here")

@@ -123,10 +123,11 @@ def test_batch_jsonl_answers_flags_resumes_and_repairs(predictor, trained, loade
     assert infer.main(in_process[:-2] + ["--review-threshold", "0"]) == 0
     repaired = read_jsonl(out)
     assert len(repaired) == 4 and repaired[:3] == lines[:3]
-    assert {k: v for k, v in repaired[3].items() if k not in ("confidence", "review")} == \
-        {k: v for k, v in last.items() if k not in ("confidence", "review")}
+    assert {k: v for k, v in repaired[3].items() if k not in ("confidence", "review", "flags")} == \
+        {k: v for k, v in last.items() if k not in ("confidence", "review", "flags")}
     if "answer" in last:
         assert repaired[3]["review"] is True  # every mean log-prob is below 0
+        assert repaired[3]["flags"] == ["low_confidence"] and "flags" not in last
     # Errors are kept as done unless asked to retry them.
     assert infer.main(in_process + ["--retry-errors"]) == 0
     final = read_jsonl(out)
@@ -262,8 +263,10 @@ def test_server_mode_sends_the_image_and_question(fake_server, trained, tmp_path
     fake_server.requests.clear()
     out = tmp_path / "remote.jsonl"
     assert infer.main(["--server", fake_server.url + "/v1", "--images", str(trained.images), "--question", QUESTION,
-                       "--output", str(out), "--review-threshold", "-0.9"]) == 0
+                       "--output", str(out), "--review-threshold", "-0.9", "--set", "generation.review_words=[Blue]"]) == 0
     lines = {Path(line["image"]).name: line for line in read_jsonl(out)}
+    assert lines["red.png"]["flags"] == ["low_confidence"]  # the fake server's log-probs are -1
+    assert lines["blue.png"]["flags"] == ["low_confidence", "hedge:Blue"]  # any case, a whole word
     assert lines["red.png"]["answer"] == f"red ({QUESTION})" and lines["blue.png"]["answer"] == f"blue ({QUESTION})"
     assert lines["red.png"]["confidence"] == -1.0 and lines["red.png"]["review"] is True
     assert "error" in lines["broken.png"]

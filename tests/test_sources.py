@@ -54,7 +54,8 @@ def test_ai_challenger_output(tmp_path, ai_source):
         assert assistant["role"] == "assistant" and assistant["content"] in raw["caption"]
         assert placeholder_count(record) == 1
     assert (stats.records, stats.images, stats.turns) == (2, 2, 2)
-    assert stats_json["total"] == {"records": 2, "images": 2, "turns": 2, "skipped": {}}
+    assert stats_json["total"] == {"records": 2, "images": 2, "turns": 2, "skipped": {},
+                                   "preference_pairs": 0}
 
 
 def test_ai_challenger_variant_keys(tmp_path):
@@ -128,7 +129,8 @@ def test_llava_ids_continue_and_shared_image_gets_one_id(tmp_path, ai_source, co
         ("conversation_58k", 1, 1, 1, 3),
         ("mix665k", 2, 2, 1, 4),
     ]
-    assert stats_json["total"] == {"records": 9, "images": 8, "turns": 13, "skipped": {}}
+    assert stats_json["total"] == {"records": 9, "images": 8, "turns": 13, "skipped": {},
+                                   "preference_pairs": 0}
     assert len({r["id"] for r in qa}) == len(qa)
 
 

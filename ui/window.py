@@ -7,12 +7,11 @@ with ``after``; the controller holds all of the logic and runs the model off the
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
+from ui.widgets import menu_bar, status_bar, window_frame, write_state_file
 from visual.image_files import IMAGE_EXTENSIONS
 
 IMAGE_PATTERNS = " ".join("*" + extension for extension in IMAGE_EXTENSIONS)
@@ -52,14 +51,8 @@ class App:
         self.configured_at = None
         self.was_busy = None
 
-        root.title("Visual question answering")
-        root.geometry("1000x640")
-        root.minsize(640, 420)
-        style = ttk.Style(root)
-        if "clam" in style.theme_names() and sys.platform.startswith("linux"):
-            style.theme_use("clam")
-        style.configure("Status.TLabel", padding=(8, 3))
-        style.configure("Name.TLabel", foreground="#555")
+        self.main = window_frame(root, ttk, "Visual question answering", "1000x640", (640, 420))
+        ttk.Style(root).configure("Name.TLabel", foreground="#555")
         self._build_menu()
         self._build_widgets()
         self._bind_keys()
@@ -72,25 +65,13 @@ class App:
     # -- layout ---------------------------------------------------------------------------
 
     def _build_menu(self) -> None:
-        tk = self.tk
-        menubar = tk.Menu(self.root)
-        file_menu = tk.Menu(menubar, tearoff=False)
-        file_menu.add_command(label="Open image…", accelerator="Ctrl+O", command=self.choose_image)
-        file_menu.add_separator()
-        file_menu.add_command(label="Quit", accelerator="Ctrl+Q", command=self.quit)
-        menubar.add_cascade(label="File", menu=file_menu, underline=0)
-        help_menu = tk.Menu(menubar, tearoff=False)
-        help_menu.add_command(label="Keyboard shortcuts", command=self.show_shortcuts)
-        menubar.add_cascade(label="Help", menu=help_menu, underline=0)
-        self.root.config(menu=menubar)
+        menu_bar(self.root, self.tk, [("Open image…", "Ctrl+O", self.choose_image), (None, None, None),
+                                      ("Quit", "Ctrl+Q", self.quit)], self.show_shortcuts)
 
     def _build_widgets(self) -> None:
         tk, ttk = self.tk, self.ttk
         root = self.root
-        root.columnconfigure(0, weight=1)
-        root.rowconfigure(0, weight=1)
-        main = ttk.Frame(root, padding=(10, 10, 10, 4))
-        main.grid(row=0, column=0, sticky="nsew")
+        main = self.main
         main.columnconfigure(0, weight=1)
         main.rowconfigure(1, weight=1)
 
@@ -147,9 +128,7 @@ class App:
         self.stop_button = ttk.Button(ask, text="Stop", command=self.stop)
         self.stop_button.grid(row=0, column=3, padx=(6, 0))
 
-        status = ttk.Frame(root, relief="sunken", borderwidth=1)
-        status.grid(row=1, column=0, sticky="ew")
-        status.columnconfigure(0, weight=1)
+        status = status_bar(root, ttk)
         self.status = ttk.Label(status, style="Status.TLabel", anchor="w")
         self.status.grid(row=0, column=0, sticky="ew")
         self.progress = ttk.Progressbar(status, mode="indeterminate", length=120)
@@ -386,6 +365,4 @@ class App:
             }
         except self.tk.TclError:  # the window is being destroyed
             return
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
-        os.replace(tmp, self.state_file)
+        write_state_file(self.state_file, state)

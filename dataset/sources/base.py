@@ -60,6 +60,10 @@ class Candidate:
     image: str
     messages: list[dict[str, str]]
     extra: dict[str, Any]
+    # Counted in the source's stats when the record is accepted (e.g. "accepted" / "edited").
+    tally: str | None = None
+    # A dispreferred answer to the last assistant turn: the record also becomes a preference pair.
+    rejected: str | None = None
 
 
 def message(role: str, content: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ def ask(question: Question, suffix: str) -> str:
 
 def read_answers(path: Path) -> dict[str, str]:
     """What an earlier run already answered (unreadable lines are ignored: they are asked again)."""
-    from inference.batch import repair_jsonl
+    from dataset.jsonl import repair_jsonl
 
     answers: dict[str, str] = {}
     if not path.is_file():
@@ -52,7 +52,7 @@ def answer_all(predictor, questions: Sequence[Question], output: Path, settings,
     the questions that could not be asked (unreadable image, too long for the model)."""
     from tqdm import tqdm
 
-    from inference.batch import append_lines
+    from dataset.jsonl import append_lines
     from visual.preprocess import load_image
 
     path = output / PREDICTIONS
