@@ -402,3 +402,17 @@ def test_review_refuses_a_directory_where_the_log_cannot_be_written(tmp_path):
                               capture_output=True, text=True, timeout=120, env=dict(os.environ, DISPLAY=":none"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"error: {folder / 'answers.review.jsonl'}: cannot write the review log here")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--review", "missing.jsonl"], "error: missing.jsonl: no such answers file"),
+    (["--review", "a.jsonl", "--checkpoint", "run"], "error: --review needs no model"),
+    (["--reviewer", "ana", "--checkpoint", "run"], "error: --reviewer and --flagged-only are for --review"),
+    ([], "error: give --checkpoint DIR or --server URL (or --review ANSWERS.jsonl)"),
+])
+def test_review_arguments_are_checked_before_a_window_opens(args, message):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = subprocess.run([sys.executable, str(ROOT / "gui.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith(message) and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
