@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import logging
 import math
 import sys
 import typing
@@ -21,6 +22,12 @@ from pathlib import Path
 
 from config import DTYPE_NAMES, Config, ConfigError, load_config
 from errors import UserError, one_line
+
+# On CPUs with AVX512-BF16, importing bitsandbytes (peft and transformers import it when it is
+# installed) tries to fetch an optional kernel from the model hub and logs a warning when it
+# cannot; bitsandbytes then uses its own CPU kernel. Offline that warning is noise on every
+# command's stderr, so it is silenced (errors still show).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 DEFAULT_CONFIG = "config.yaml"
 

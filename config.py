@@ -81,6 +81,23 @@ class LoraSettings:
 
 
 @dataclass
+class DPOSettings:
+    """Preference alignment (``train.stage: dpo``) on pairs of answers to the same image and question."""
+
+    # sigmoid: DPO (Rafailov et al.); ipo: IPO's squared loss; hinge: SLiC's hinge on the margin.
+    loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    # How far the policy may move from the reference (larger: closer to it).
+    beta: float = 0.1
+    # sigmoid only: the share of pairs assumed mislabelled (conservative DPO).
+    label_smoothing: float = 0.0
+    # RPO: add this times the chosen answer's per-token negative log-likelihood.
+    sft_weight: float = 0.0
+    # Compute the reference log-probabilities once before training (required with finetune:
+    # full; with LoRA the reference is otherwise the model with its adapter off).
+    precompute_reference: bool = False
+
+
+@dataclass
 class SourceSettings:
     """One raw data source merged by process_image.py."""
 
@@ -118,9 +135,11 @@ class DataSettings:
 @dataclass
 class TrainSettings:
     # "pretrain": projector only. "sft": projector + LoRA (or the full LM, see finetune).
-    stage: Literal["pretrain", "sft"] = "sft"
+    # "dpo": preference alignment from an sft checkpoint (train.init_from), see train.dpo.
+    stage: Literal["pretrain", "sft", "dpo"] = "sft"
     finetune: Literal["lora", "full"] = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
     # Train the vision tower too (off for pretrained towers; the tiny demo tower may learn).
     train_vision_tower: bool = False
     # finetune: full only. false keeps the token embeddings and LM head frozen (and out of the
@@ -145,7 +164,8 @@ class TrainSettings:
     # Stop (and save) at this global step without changing the schedule: splits one run into
     # several sessions that resume where the last one stopped (null: run to the end).
     stop_at_step: int | None = None
-    # A pretrain-stage checkpoint (or run dir) whose projector the sft stage starts from.
+    # An earlier stage's checkpoint (or run dir) to start from: a pretrain projector for sft,
+    # an sft checkpoint for dpo (required there).
     init_from: str | None = None
     # At each evaluation, also generate answers for the eval records and log their official
     # VQA accuracy next to the eval loss.

@@ -72,20 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    import shutil
-    import tempfile
+    from bench.workload import workload_model
 
-    from bench.workload import build_bases
-    from config import ModelSettings
-    from model import VQAModel
-
-    work = Path(tempfile.mkdtemp(prefix="train-step-"))
-    try:
-        vision, text = build_bases(work)
-        torch.manual_seed(0)
-        ours = VQAModel.from_settings(ModelSettings(vision_model=str(vision), language_model=str(text), dtype="float32"))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    ours = workload_model()
     ours.configure_training("projector")
     ours.train()
     reference = llava_with_weights(ours).train()

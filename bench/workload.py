@@ -39,6 +39,25 @@ def build_bases(work: Path, seed: int = 0) -> tuple[Path, Path]:
     return vision_dir, text_dir
 
 
+def workload_model(seed: int = 0):
+    """A float32 :class:`model.VQAModel` of these bases (built in a temporary directory, removed
+    once the weights are loaded)."""
+    import tempfile
+
+    import torch
+
+    from config import ModelSettings
+    from model import VQAModel
+
+    work = Path(tempfile.mkdtemp(prefix="workload-"))
+    try:
+        vision, text = build_bases(work, seed)
+        torch.manual_seed(seed)
+        return VQAModel.from_settings(ModelSettings(vision_model=str(vision), language_model=str(text), dtype="float32"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def write_photo(path: Path, seed: int) -> Path:
     """A 640x480 JPEG (quality 90) with shapes on a textured background, about the size and
     decoding cost of a COCO photo (pure noise would not compress like a photo; flat colour would

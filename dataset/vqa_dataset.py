@@ -37,23 +37,29 @@ class VQADataset(Dataset):
         system_prompt: str | None = None,
         show_progress: bool = True,
         limit: int | None = None,
+        merged: tuple[list, dict] | None = None,
     ) -> None:
+        """``merged``: the records and image table already in memory (``load_merged``'s result;
+        ``qa_file`` then only names them in messages)."""
         self.preprocess = preprocess
         self.num_image_tokens = renderer.num_image_tokens
         self.image_token_id = renderer.image_token_id
         self.skipped: Counter[str] = Counter()
         self.bad_images: Counter[str] = Counter()
-        records, images = load_merged(Path(qa_file).resolve())  # absolute image paths: cwd-independent
+        records, images = merged or load_merged(Path(qa_file).resolve())  # absolute image paths: cwd-independent
         records = records[:limit] if limit is not None else records
         compact = PromptRenderer(renderer.tokenizer, 1, image_token)
         self.input_ids: list[np.ndarray] = []
         self.supervised: list[np.ndarray] = []
         self.image_paths: list[Path] = []
         self.lengths: list[int] = []
+        self.record_index: list[int] = []  # position in ``records`` of each kept item
         with tqdm(total=len(records), desc=f"tokenizing {Path(qa_file).name}", disable=not show_progress, leave=False) as bar:
             for start in range(0, len(records), RENDER_CHUNK):
                 chunk = records[start : start + RENDER_CHUNK]
-                for ids, sup, path in self._render_chunk(chunk, compact, images, max_length, image_token, system_prompt):
+                for index, ids, sup, path in self._render_chunk(chunk, compact, images, max_length, image_token,
+                                                                system_prompt):
+                    self.record_index.append(start + index)
                     self.input_ids.append(ids)
                     self.supervised.append(sup)
                     self.image_paths.append(path)
@@ -66,19 +72,19 @@ class VQADataset(Dataset):
 
     def _render_chunk(self, records, compact, images, max_length, image_token, system_prompt):
         parsed = []
-        for record in records:
+        for index, record in enumerate(records):
             try:
                 path = record_image(record, images)
                 if path is None:
                     raise KeyError(record.get("image_id"))
-                parsed.append((path, record_messages(record["messages"], image_token, system_prompt)))
+                parsed.append((index, path, record_messages(record["messages"], image_token, system_prompt)))
             except (AttributeError, KeyError, TypeError, ValueError):
                 self.skipped["malformed_record"] += 1
-        rendered = compact.render_many([messages for _, messages in parsed])
-        for (image_path, _), prompt in zip(parsed, rendered):
+        rendered = compact.render_many([messages for _, _, messages in parsed])
+        for (index, image_path, _), prompt in zip(parsed, rendered):
             item = self._fit(prompt, max_length)
             if item is not None:
-                yield (*item, image_path)
+                yield (index, *item, image_path)
 
     def _fit(self, rendered, max_length):
         """Token ids and the supervised mask, truncated to fit; None (counted) when it cannot."""

@@ -28,7 +28,7 @@ class VQAConfig(PretrainedConfig):
     The base vision tower and language model are referenced by hub name or path, not copied: a
     checkpoint holds only what training changed. ``finetune`` records what that is:
     ``projector`` (pretrain stage), ``lora`` (projector + LoRA adapter) or ``full`` (projector +
-    all language-model weights).
+    all language-model weights); ``base_checkpoint`` what it was trained on top of.
     """
 
     model_type = "siglip_qwen_vqa"
@@ -47,6 +47,7 @@ class VQAConfig(PretrainedConfig):
         lora: dict | None = None,
         train_vision_tower: bool = False,
         train_embeddings: bool = True,
+        base_checkpoint: str | None = None,
         **kwargs,
     ) -> None:
         defaults = ModelSettings()
@@ -63,6 +64,10 @@ class VQAConfig(PretrainedConfig):
         self.lora = lora
         self.train_vision_tower = train_vision_tower
         self.train_embeddings = train_embeddings
+        # A checkpoint this one continues from with a fresh adapter (a dpo run on an sft model):
+        # loading rebuilds that checkpoint, folds its adapter into the language model, then loads
+        # this one's weights on top. None: the bases alone.
+        self.base_checkpoint = base_checkpoint
         super().__init__(**kwargs)
 
     @classmethod

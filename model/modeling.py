@@ -140,6 +140,15 @@ class VQAModel(PreTrainedModel):
         self.config.train_embeddings = bool(train_embeddings)
         self.set_trainable()
 
+    def fold_adapter(self) -> None:
+        """Merge the LoRA adapter into the language model's weights and drop it, so that a new
+        adapter can start from this model (B = 0: exactly this model) and "adapter off" means
+        this model, not the bare base (the DPO reference)."""
+        if self.config.lora is not None:
+            self.language_model = self.language_model.merge_and_unload()
+            self.config.lora = None
+        self.config.finetune = "full"
+
     def set_trainable(self) -> None:
         finetune = self.config.finetune
         self.requires_grad_(False)
@@ -333,7 +342,14 @@ class VQAModel(PreTrainedModel):
             config.quantize = quantize
         if config.tokenizer is None and (path / "tokenizer_config.json").is_file():
             config.tokenizer = str(path)
-        model = cls._build(config, f"{path / CONFIG_NAME}: ")
+        if config.base_checkpoint:  # trained on top of another checkpoint: rebuild that one first
+            model = cls.from_pretrained(config.base_checkpoint, vision_model=vision_model,
+                                        language_model=language_model, dtype=dtype)
+            model.fold_adapter()
+            model.configure_training(config.finetune, config.lora, train_embeddings=config.train_embeddings)
+            model.config.base_checkpoint = config.base_checkpoint
+        else:
+            model = cls._build(config, f"{path / CONFIG_NAME}: ")
         model.load_trained_weights(path / WEIGHTS_NAME)
         # Like transformers' from_pretrained: a loaded model predicts (dropout off, a trainable
         # tower's eval mode); the Trainer switches to train mode itself.

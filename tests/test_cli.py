@@ -42,7 +42,7 @@ def test_process_image_help_names_the_keys_it_reads_and_the_files_it_writes():
 
 @pytest.mark.parametrize("args, message", [
     (["process_image.py", "--set", "data.sources=[{type: parquet, annotations: x.json}]"],
-     "data.sources[0].type: 'parquet' is not one of 'ai_challenger', 'llava', 'reviewed', 'swift_jsonl'"),
+     "data.sources[0].type: 'parquet' is not one of 'ai_challenger', 'llava', 'preference', 'reviewed', 'swift_jsonl'"),
     (["train.py", "--set", "train.learnin_rate=1"], "unknown key train.learnin_rate"),
     (["infer.py", "--checkpoint", "/nonexistent/run", "--image", "x.png", "--question", "q"],
      "/nonexistent/run: no such checkpoint directory"),

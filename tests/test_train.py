@@ -203,7 +203,7 @@ def test_wandb_without_api_key_logs_offline_and_never_prompts(tiny, merged, tmp_
         (("data.train_file=/nonexistent/qa.json",), "data.train_file: /nonexistent/qa.json does not exist"),
         (("train.deepspeed=configs/zero3.json",), "ZeRO-3 needs a distributed launcher"),
         (("train.learnin_rate=1",), "unknown key train.learnin_rate"),
-        (("train.train_embeddings=false", "train.stage=pretrain"), "only applies to stage sft with finetune full"),
+        (("train.train_embeddings=false", "train.stage=pretrain"), "only applies to stages sft and dpo with finetune full"),
     ],
 )
 def test_refuses_bad_configs_before_any_work(tiny, merged, tmp_path, extra, message):

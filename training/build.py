@@ -15,11 +15,11 @@ def build_model(cfg: Config):
     from model.checkpoints import resolve_checkpoint
 
     t = cfg.train
+    if t.stage == "dpo":
+        return _compiled(_dpo_model(cfg), t)
     model = VQAModel.from_settings(cfg.model, train_vision_tower=t.train_vision_tower)
     finetune = "projector" if t.stage == "pretrain" else t.finetune
-    lora = None
-    if finetune == "lora":
-        lora = {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout, "target_modules": t.lora.target_modules}
+    lora = _lora_settings(t) if finetune == "lora" else None
     model.configure_training(finetune, lora, train_embeddings=t.train_embeddings)
     if t.init_from:
         # An earlier stage's weights (after LoRA wrapping, so its adapters find their names):
@@ -28,12 +28,43 @@ def build_model(cfg: Config):
             model.load_trained_weights(resolve_checkpoint(t.init_from) / "model.safetensors", partial=True)
         except (UserError, ValueError) as exc:
             raise UserError(f"train.init_from: {exc}") from None
+    return _compiled(model, t)
+
+
+def _compiled(model, t: TrainSettings):
     if t.torch_compile:
         model.compile_layers()
     # Master weights of what trains stay fp32; bf16 compute comes from autocast (or DeepSpeed).
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+    return model
+
+
+def _lora_settings(t: TrainSettings) -> dict:
+    return {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout, "target_modules": t.lora.target_modules}
+
+
+def _dpo_model(cfg: Config):
+    """The sft checkpoint ``train.init_from`` with its adapter folded into the language model
+    and, with LoRA, a fresh adapter on top (B = 0: at step 0 the policy is the reference, and the
+    adapter off is the sft model). The checkpoint records that base (``base_checkpoint``) so that
+    loading a dpo checkpoint rebuilds it. The projector (and tower) stay frozen."""
+    import os
+
+    from model import VQAModel
+    from model.checkpoints import resolve_checkpoint
+
+    t = cfg.train
+    start = resolve_checkpoint(t.init_from)
+    model = VQAModel.from_pretrained(start)
+    model.fold_adapter()
+    if t.finetune == "lora":
+        model.configure_training("lora", _lora_settings(t))
+        model.config.base_checkpoint = os.path.abspath(start)
+    else:
+        model.configure_training("full", train_embeddings=t.train_embeddings)
+    model.multi_modal_projector.requires_grad_(False)
     return model
 
 

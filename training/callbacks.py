@@ -71,18 +71,26 @@ class WallClock(TrainerCallback):
             self._pause()
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
-        if self.eval_records and state.is_world_process_zero:
+        """One progress row per evaluation: the held-out VQA accuracy (``train.eval_vqa``) and a
+        dpo run's held-out preference metrics (``eval_rewards/...``)."""
+        if state.is_world_process_zero:
             metrics = dict(metrics or {})
-            metrics.update(vqa_eval(model or kw.get("model"), self.tokenizer, self.eval_records, self.eval_images,
-                                    self.cfg))
-            self.write(state, metrics)
-            print(f"step {state.global_step}: held-out VQA accuracy {metrics['eval_vqa_accuracy']:.3f} "
-                  f"({self.train_seconds:.0f} s of training)", flush=True)
+            if self.eval_records:
+                metrics.update(vqa_eval(model or kw.get("model"), self.tokenizer, self.eval_records,
+                                        self.eval_images, self.cfg))
+                print(f"step {state.global_step}: held-out VQA accuracy {metrics['eval_vqa_accuracy']:.3f} "
+                      f"({self.train_seconds:.0f} s of training)", flush=True)
+            if self.eval_records or any("rewards/" in key for key in metrics):
+                self.write(state, metrics)
         self._resume()
 
     def on_log(self, args, state, control, logs=None, **kw):
-        if state.is_world_process_zero and logs and "loss" in logs:
-            self.write(state, {"loss": logs["loss"]})
+        """The training loss, and a dpo run's preference metrics (``rewards/...``)."""
+        if not (state.is_world_process_zero and logs):
+            return
+        kept = {k: v for k, v in logs.items() if k == "loss" or k.startswith("rewards/")}
+        if "loss" in kept:
+            self.write(state, kept)
 
     def write(self, state, values):
         row = {"step": state.global_step, "train_seconds": round(self._seconds(), 2), **values}

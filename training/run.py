@@ -2,7 +2,8 @@
 
 The supervised stages (``pretrain``: projector only; ``sft``: projector + LoRA or the full LM)
 share everything here; their difference is only what :func:`training.build.build_model` makes
-trainable. The loss is the model's own (``VQAModel.supervised_loss``).
+trainable, and their loss is the model's own (``VQAModel.supervised_loss``). ``dpo`` trains on
+preference pairs (``dataset.preference``) with the loss of ``training.dpo``.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from training.reporting import setup_wandb
 
 
 def _datasets(cfg: Config, model, tokenizer):
+    from dataset.preference import PreferenceDataset
     from dataset.vqa_dataset import VQADataset
     from qwen import PromptRenderer
 
     renderer = PromptRenderer(tokenizer, model.config.num_image_tokens, cfg.model.image_token)
+    kind = PreferenceDataset if cfg.train.stage == "dpo" else VQADataset
 
     def make(path, limit=None):
-        return VQADataset(path, renderer, model.preprocessor, cfg.data.max_length, cfg.model.image_token,
-                          cfg.model.system_prompt, limit=limit)
+        return kind(path, renderer, model.preprocessor, cfg.data.max_length, cfg.model.image_token,
+                    cfg.model.system_prompt, limit=limit)
 
     try:
         train_set = make(cfg.data.train_file)
@@ -51,7 +54,7 @@ def _held_out_records(cfg: Config):
 def train(cfg: Config) -> Path:
     """Run the configured training to the end (or its stop step / time limit); returns the
     output directory, which then holds the final weights beside its ``checkpoint-N``."""
-    from dataset.collate import Collator
+    from dataset.collate import Collator, PreferenceCollator
     from training.build import build_model
     from training.callbacks import WallClock
     from training.trainer import VQATrainer, training_arguments
@@ -77,9 +80,10 @@ def train(cfg: Config) -> Path:
         if resume_dir:
             print(f"resuming from {resume_dir}", flush=True)
 
-    trainer = VQATrainer(
+    args = training_arguments(cfg)
+    kwargs = dict(
         model=model,
-        args=training_arguments(cfg),
+        args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=Collator(tokenizer.pad_token_id),
@@ -88,6 +92,19 @@ def train(cfg: Config) -> Path:
         settings=t,
         group_by_length=cfg.data.group_by_length,
     )
+    if t.stage == "dpo":
+        from training.dpo import DPOTrainer, precompute_reference
+
+        kwargs["data_collator"] = collator = PreferenceCollator(tokenizer.pad_token_id)
+        if t.dpo.precompute_reference:
+            model.to(args.device)  # the Trainer would move it there anyway; the pass runs there too
+            dtype = torch.bfloat16 if t.bf16 else None
+            for dataset in (train_set, eval_set):
+                if dataset is not None:
+                    precompute_reference(model, dataset, collator, t.eval_batch_size, dtype)
+        trainer = DPOTrainer(**kwargs, dpo=t.dpo)
+    else:
+        trainer = VQATrainer(**kwargs)
     trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
     trainer.save_model(t.output_dir)
     trainer.save_state()

@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataset.sources.ai_challenger import AIChallengerSource
 from dataset.sources.base import BadRecord, Candidate, MergeError, Source
 from dataset.sources.llava import LlavaSource
+from dataset.sources.preference import PreferenceSource
 from dataset.sources.reviewed import ReviewedSource
 from dataset.sources.swift_jsonl import SwiftJsonlSource
 
 SOURCES = {
     "ai_challenger": AIChallengerSource,
     "llava": LlavaSource,
+    "preference": PreferenceSource,
     "reviewed": ReviewedSource,
     "swift_jsonl": SwiftJsonlSource,
 }
