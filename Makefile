@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv test demo tiny clean-demo
+.PHONY: venv test demo demo-dpo tiny clean-demo
 
 venv: $(STAMP)
 
@@ -24,3 +24,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/run_demo.py
+
+# Preference alignment after the SFT demo (runs `make demo` first when its model is missing).
+demo-dpo: $(STAMP)
+	$(PY) tools/run_dpo_demo.py

@@ -39,3 +39,42 @@ def test_make_data_in_another_dir_merges_every_record(tiny, tmp_path):
         assert len(records) == expected
         images = json.loads((merged / "images.json").read_text())
         assert all((merged / entry["path"]).is_file() for entry in images.values())
+
+
+def test_dpo_demo_data_pairs_short_correct_answers_against_verbose_or_wrong_ones(tiny, tmp_path):
+    import process_image
+    from tools.run_dpo_demo import ANSWER_SETS, VERBOSE, short_share, write_raw
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"model.vision_model={tiny['demo-siglip']}"])
+    data_dir = tmp_path / "demo"
+    make_data(cfg, str(data_dir), num_train=120, num_captions=10)
+    raw = json.loads((data_dir / "raw" / "llava_train.json").read_text())
+    assert len(raw) >= 70
+    write_raw(data_dir, tmp_path / "raw", num_mixed=30, num_pairs=40, num_eval_pairs=40, seed=0)
+
+    mixed = json.loads((tmp_path / "raw" / "mixed_train.json").read_text())
+    answers = [t["value"] for r in mixed for t in r["conversations"] if t["from"] == "gpt"]
+    originals = [t["value"] for r in raw[:30] for t in r["conversations"] if t["from"] == "gpt"]
+    verbose = [a != o for a, o in zip(answers, originals)]
+    assert len(answers) == len(originals) and 0.3 < sum(verbose) / len(verbose) < 0.7
+    assert all(any(a == v.format(o) for v in VERBOSE) for a, o, long in zip(answers, originals, verbose) if long)
+
+    merged = tmp_path / "prefs"
+    process_image.main(["--config", str(ROOT / "configs" / "demo.yaml"), "--set", f"data.output_dir={merged}",
+                        "--set", f"data.sources=[{{type: preference, annotations: {tmp_path / 'raw' / 'prefs_train.jsonl'}}}]"])
+    records = json.loads((merged / "qa.json").read_text())
+    assert len(records) == 40  # every pair merged, none skipped
+    kinds = set()
+    for record, source in zip(records, raw[30:70]):
+        chosen, rejected = record["messages"][-1]["content"], record["rejected"]
+        assert chosen == source["conversations"][1]["value"]  # the short correct answer
+        if any(rejected == v.format(chosen) for v in VERBOSE):
+            kinds.add("verbose")
+        else:
+            assert any(chosen in s and rejected in s for s in ANSWER_SETS) and rejected != chosen
+            kinds.add("wrong")
+    assert kinds == {"verbose", "wrong"}
+
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"prediction": p}) + "\n" for p in ["red", "top left", VERBOSE[0].format("red"), "no"]))
+    assert short_share(predictions) == 0.75

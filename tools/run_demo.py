@@ -64,9 +64,11 @@ def demo_sources(data_dir: str, split: str) -> str:
             f"{{type: llava, annotations: {data_dir}/raw/llava_train.json, image_dir: {images}}}]")
 
 
-def evaluate(config: str, checkpoint: Path, eval_file: str, out: Path) -> dict:
-    """Score ``checkpoint`` on ``eval_file`` with evaluate.py; its metrics.json as a dict."""
-    run("evaluate.py", "--config", config, "--checkpoint", str(checkpoint), "--data", eval_file, "--output", str(out))
+def evaluate(config: str, checkpoint: Path, eval_file: str, out: Path, *extra: str) -> dict:
+    """Score ``checkpoint`` on ``eval_file`` with evaluate.py (``extra``: more arguments); its
+    metrics.json as a dict."""
+    run("evaluate.py", "--config", config, "--checkpoint", str(checkpoint), "--data", eval_file, "--output", str(out),
+        *extra)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -97,6 +99,11 @@ def plot(progress: Path, out: Path) -> None:
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("held-out VQA accuracy")
     ax2.axhline(0.9, color="tab:blue", ls=":", lw=0.8)
+    save_twin_plot(fig, ax1, ax2, out)
+
+
+def save_twin_plot(fig, ax1, ax2, out: Path) -> None:
+    """One legend for both y axes, then the figure to ``out``."""
     handles = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     labels = ax1.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
     ax2.legend(handles, labels, loc="center right", fontsize=7)
