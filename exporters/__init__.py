@@ -9,6 +9,7 @@ from importlib import import_module
 
 FORMATS = {
     "llava": "exporters.llava",  # transformers LlavaForConditionalGeneration: transformers, vLLM
+    "gguf": "exporters.gguf",  # llama.cpp: language model GGUF + mmproj GGUF
 }
 
 
