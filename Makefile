@@ -3,8 +3,11 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+GGUF_STAMP := $(VENV)/.gguf-$(shell cat requirements-gguf.txt | cksum | cut -d' ' -f1)
+# llama-cpp-python compiles llama.cpp from its sdist: the library only, portable (no -march=native).
+export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF
 
-.PHONY: venv test demo demo-dpo tiny clean-demo
+.PHONY: venv test demo demo-dpo tiny clean-demo gguf
 
 venv: $(STAMP)
 
@@ -15,11 +18,19 @@ $(STAMP): requirements.txt requirements-dev.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# GGUF export and answering through llama.cpp (the tests need it; pip caches the compiled wheel).
+gguf: $(GGUF_STAMP)
+
+$(GGUF_STAMP): $(STAMP) requirements-gguf.txt
+	$(PY) -m pip install -q -r requirements-gguf.txt
+	rm -f $(VENV)/.gguf-*
+	touch $@
+
 # The tiny offline tokenizer and checkpoints used by the demo and the tests.
 tiny: $(STAMP)
 	$(PY) tools/build_tiny_checkpoints.py
 
-test: $(STAMP)
+test: $(STAMP) $(GGUF_STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)

@@ -149,6 +149,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, server: bool = True, se
                         help="training checkpoint (checkpoint-N), run directory (its newest complete "
                              "checkpoint) or export.py output directory")
     if server:
+        source.add_argument("--gguf", metavar="DIR_OR_FILE",
+                            help="answer with an export.py --format gguf export through llama.cpp "
+                                 "(llama-cpp-python; DIR or one of its model-<type>.gguf files)")
         source.add_argument("--server", metavar="URL",
                             help="ask an OpenAI-compatible server (vLLM, transformers serve: POST URL/v1/chat/"
                                  "completions) instead of a checkpoint")
@@ -209,17 +212,24 @@ def sampling_settings(config: Config, args: argparse.Namespace | None = None):
 
 
 def check_model_arguments(args: argparse.Namespace) -> None:
-    """Exactly one of ``--checkpoint``/``--server``, a server URL that can be one, and a checkpoint
-    path that resolves to a complete checkpoint (checked before torch is imported)."""
+    """Exactly one of ``--checkpoint``/``--gguf``/``--server``, a server URL that can be one, a GGUF
+    export with its files, and a checkpoint path that resolves to a complete checkpoint (checked
+    before torch is imported)."""
     from model.checkpoints import describe_choice, resolve_checkpoint
 
+    given = [flag for flag in ("checkpoint", "gguf", "server") if getattr(args, flag, None)]
+    if len(given) > 1:
+        fail(f"give one of --{given[0]} and --{given[1]}, not both")
     if getattr(args, "server", None):
-        if args.checkpoint:
-            fail("give either --checkpoint or --server, not both")
         if not args.server.startswith(("http://", "https://")):
             fail(f"{args.server}: the server URL must start with http:// or https://")
+    elif getattr(args, "gguf", None):
+        from inference.gguf import export_files, require_llama_cpp
+
+        export_files(args.gguf)
+        require_llama_cpp()
     elif not args.checkpoint:
-        fail("--checkpoint DIR is required" + (" (or --server URL)" if hasattr(args, "server") else ""))
+        fail("--checkpoint DIR is required" + (" (or --gguf DIR, --server URL)" if hasattr(args, "server") else ""))
     else:
         note = describe_choice(args.checkpoint, resolve_checkpoint(args.checkpoint, allow_export=True))
         if note:
@@ -238,9 +248,15 @@ def torch_device(name: str | None) -> str:
     return device
 
 
-def load_predictor(args: argparse.Namespace, concurrency: int = 8):
-    """A local :class:`inference.predictor.Predictor` for ``--checkpoint`` or a
+def load_predictor(args: argparse.Namespace, concurrency: int = 8, confidence: bool = False):
+    """A local :class:`inference.predictor.Predictor` for ``--checkpoint``, an
+    :class:`inference.gguf.GGUFPredictor` for ``--gguf`` (``confidence``: with the answers'
+    log-probabilities, which llama.cpp only computes when asked) or an
     :class:`inference.remote.RemotePredictor` for ``--server``."""
+    if getattr(args, "gguf", None):
+        from inference.gguf import GGUFPredictor
+
+        return GGUFPredictor(args.gguf, logprobs=confidence)
     if getattr(args, "server", None):
         from inference.remote import RemotePredictor
 

@@ -49,6 +49,10 @@ class ModelSettings:
     vision_feature_select: Literal["drop_first", "full"] = "drop_first"
     # timm only: input resolution when the timm model name does not fix it.
     image_size: int | None = None
+    # A non-square image: "squash" resizes it straight to the tower's square (SigLIP's processor);
+    # "pad" first pads it to a square with the mean colour, centred (LLaVA-1.5's expand-to-square;
+    # llama.cpp letterboxes the same way, so a GGUF export sees what training saw).
+    image_aspect: Literal["squash", "pad"] = "squash"
     language_model: str = "Qwen/Qwen2.5-0.5B-Instruct"
     # Defaults to language_model.
     tokenizer: str | None = None

@@ -9,8 +9,9 @@ examples:
       --questions coco_pope_popular.json --questions coco_pope_adversarial.json --images coco/val2014 --output eval/pope
   # score an existing results file in the benchmark's official results format, no model
   python evaluate.py --benchmark vqav2 --questions Q.json --annotations A.json --predictions results.json --output eval/v
-  # held-out merged data (process_image.py's qa.json)
+  # held-out merged data (process_image.py's qa.json); --gguf: a GGUF export, through llama.cpp
   python evaluate.py --checkpoint checkpoints/run --data data/merged_eval/qa.json --output eval/
+  python evaluate.py --gguf exports/vqa-gguf --data data/merged_eval/qa.json --output eval-gguf/
 
 benchmarks: vqav2, okvqa (VQA questions + annotations JSON, COCO images), vizwiz (val/test JSON),
 textvqa (TextVQA JSON), gqa (balanced questions JSON), pope (one JSONL per split), mme (the
@@ -97,7 +98,7 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> int:
         predictor = cli.load_predictor(args, concurrency=args.concurrency or config.generation.batch_size)
         with cli.on_interrupt(f"what was answered is in {output / 'predictions.jsonl'}; run the same command to resume"):
             answers, errors = answer_all(predictor, loaded.questions, output, settings, config.generation.batch_size, suffix)
-        extra = {"checkpoint": args.checkpoint, "server": args.server, "prompt_suffix": suffix,
+        extra = {"checkpoint": args.checkpoint, "gguf": args.gguf, "server": args.server, "prompt_suffix": suffix,
                  "generation": asdict(settings)}
     metrics = finish(bench, loaded, answers, errors, output, extra)
     headline = {k: metrics[k] for k in ("overall", "perception", "cognition") if k in metrics}
@@ -157,7 +158,7 @@ def run_merged(args: argparse.Namespace, output: Path) -> int:
         )
     if not predictions:
         cli.fail(f"{data}: no record could be evaluated ({metrics['errors']} errors, {metrics['skipped']} skipped)")
-    metrics.update(checkpoint=args.checkpoint, server=args.server, data=str(data), generation=asdict(settings))
+    metrics.update(checkpoint=args.checkpoint, gguf=args.gguf, server=args.server, data=str(data), generation=asdict(settings))
     try:
         write_results(output, predictions, metrics)
     except OSError as exc:

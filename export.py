@@ -14,16 +14,18 @@ chat template with one image placeholder per image part), generation_config.json
 README.md with the serving commands. See docs/export.md and exporters/llava.py.
 
 --format gguf writes model-<type>.gguf (the language model, LoRA merged, as a llama.cpp qwen2/qwen3
-GGUF with tokenizer and chat template; --quantize f16 (default), f32 or q8_0) and mmproj-f16.gguf
-(the SigLIP tower + projector; mmproj-f32.gguf with --quantize f32), the chat template and a
-README.md with llama-mtmd-cli, llama-server and llama-cpp-python commands. It needs
-requirements-gguf.txt. See exporters/gguf.py.
+GGUF with tokenizer and chat template; --quantize f16 (default), f32, q8_0 or q4_k_m) and
+mmproj-f16.gguf (the SigLIP tower + projector; mmproj-f32.gguf with --quantize f32), the chat
+template and a README.md with llama-mtmd-cli, llama-server and llama-cpp-python commands. It needs
+the gguf package; q4_k_m also llama-cpp-python, whose quantizer makes it from an f32 file
+(requirements-gguf.txt, make gguf). infer.py/evaluate.py/gui.py --gguf DIR answer with the export.
+See docs/export.md and exporters/gguf.py.
 
 Everything is written to a temporary sibling directory and renamed into place at the end, so a
 crash never leaves a half export.
 
 exit status: 0 exported; 2 refused (unsupported vision backend, a non-empty output directory
-without --overwrite, an incomplete checkpoint, an unknown --quantize type, gguf not installed),
+without --overwrite, an incomplete checkpoint, an unknown --quantize type, gguf or llama-cpp-python not installed),
 with one line on stderr.
 """
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="the export directory (must not exist or be empty)")
     parser.add_argument("--format", default="llava", choices=sorted(FORMATS), help="export format (default: %(default)s)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weight dtype of the export (llava)")
-    parser.add_argument("--quantize", default=None, help="gguf: language-model type f16 (default), f32 or q8_0")
+    parser.add_argument("--quantize", default=None, help="gguf: language-model type f16 (default), f32, q8_0 or q4_k_m")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     args = parser.parse_args(argv)
     if args.quantize is not None and args.format != "gguf":

@@ -4,6 +4,7 @@
 examples:
   python gui.py --checkpoint CHECKPOINT_OR_RUN_DIR [IMAGE]
   python gui.py --server http://localhost:8000 [--model NAME] [IMAGE]
+  python gui.py --gguf EXPORT_DIR [IMAGE]          (a GGUF export, through llama.cpp)
   python gui.py --review answers.jsonl [--reviewer NAME] [--flagged-only]
 
 Open an image (Ctrl+O), type a question, press Enter and watch the answer stream in; Esc stops
@@ -52,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_backend(args, config):
-    """The backend for --checkpoint or --server; bad settings exit with one line (status 2)."""
-    from ui.controller import BackendError, LocalBackend, ServerBackend
+    """The backend for --checkpoint, --gguf or --server; bad settings exit with one line (status 2)."""
+    from ui.controller import BackendError, GGUFBackend, LocalBackend, ServerBackend
 
     settings = cli.sampling_settings(config)
+    if args.gguf:
+        cli.check_model_arguments(args)
+        return GGUFBackend(args.gguf, settings)
     if args.server:
         try:
             return ServerBackend(args.server, args.model, settings, timeout=args.timeout, api_key=args.api_key)
@@ -67,10 +71,10 @@ def make_backend(args, config):
 
 def check_arguments(args) -> None:
     if args.review:
-        if args.checkpoint or args.server or args.image:
+        if args.checkpoint or args.server or args.gguf or args.image:
             cli.fail("--review needs no model and no image: it shows the answers file's own")
-    elif not (args.checkpoint or args.server):
-        cli.fail("give --checkpoint DIR or --server URL (or --review ANSWERS.jsonl)")
+    elif not (args.checkpoint or args.server or args.gguf):
+        cli.fail("give --checkpoint DIR, --gguf DIR or --server URL (or --review ANSWERS.jsonl)")
     elif args.reviewer or args.flagged_only:
         cli.fail("--reviewer and --flagged-only are for --review")
     if args.test_token_delay < 0:

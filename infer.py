@@ -11,6 +11,8 @@ examples:
   python infer.py --checkpoint checkpoints/run --images data/merged/qa.json --output out.jsonl
   # the same questions asked of an OpenAI-compatible server (vLLM, transformers serve)
   python infer.py --server http://localhost:8000 --image cat.jpg --question "What is on the sofa?"
+  # ... or of a GGUF export through llama.cpp (export.py --format gguf; needs llama-cpp-python)
+  python infer.py --gguf exports/run-gguf --image cat.jpg --question "What is on the sofa?"
 
 --checkpoint takes a training checkpoint (checkpoint-N), a run directory (its newest complete
 checkpoint) or an export directory written by export.py. Generation settings come from the
@@ -140,7 +142,7 @@ def answer_batch(args: argparse.Namespace, config) -> int:
         cli.fail(f"{output}: is a directory; --output takes a .jsonl file")
     check_writable(output)
     settings = cli.sampling_settings(config, args)
-    predictor = cli.load_predictor(args, concurrency=config.generation.batch_size)
+    predictor = cli.load_predictor(args, concurrency=config.generation.batch_size, confidence=True)
     try:
         counts = run_batch(predictor, items, output, settings, config.generation.batch_size, rules,
                            args.retry_errors)

@@ -19,8 +19,11 @@ this projector type runs) and ``gguf.constants`` (``TENSOR_NAMES``, ``MODEL_TENS
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,12 +38,15 @@ from qwen.chat_template import chat_template, default_system_prompt
 MEDIA_MARKER = "<__media__>"
 # --quantize (also the file name part) -> gguf.LlamaFileType; 1-D tensors always stay F32.
 QUANTIZE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
-# Types llama.cpp itself makes; the gguf package has no quantizer for k-quants.
-LATER = {"q4_k_m": "q4_k_m needs llama.cpp's quantizer (llama-cpp-python), which this export does not "
-                   "run yet; export --quantize q8_0 or f16 for now"}
+# Types llama.cpp's own quantizer makes from the f32 file (the gguf package has no k-quant
+# quantizer) -> llama_cpp.LLAMA_FTYPE_*. Their blocks span 256 values of a row.
+LLAMA_QUANTIZE = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+K_BLOCK = 256
 LM_ARCH = {"qwen2": "QWEN2", "qwen3": "QWEN3"}
-# GELU variants ggml computes: ggml_gelu is the tanh approximation.
-TANH_GELU = {"gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
+# Activations llama.cpp's mlp projector and CLIP graph run as ggml_gelu, the tanh approximation:
+# the tanh variants exactly, and erf GELU ("gelu") within about 1e-3 (measured: the exact/tanh
+# difference moves no greedy answer of the demo; docs/export.md).
+GGML_GELU = {"gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
 # Our module names -> gguf.MODEL_TENSOR members (per decoder layer, then global).
 LM_LAYER = {
     "input_layernorm": "ATTN_NORM",
@@ -67,6 +73,9 @@ VISION_LAYER = {
     "mlp.fc2": "V_ENC_FFN_DOWN",
 }
 VISION_GLOBAL = {"embeddings.patch_embedding": "V_ENC_EMBD_PATCH", "embeddings.position_embedding": "V_ENC_EMBD_POS"}
+# The colour llama.cpp pads non-square images with for an mlp projector (tools/mtmd/clip.cpp,
+# hard-coded: CLIP's mean, not the mmproj's): it letterboxes, resizing then centring.
+LLAMA_CPP_PAD = (122, 116, 104)
 # Written by us: gguf.get_tensor_name_map maps "linear_1"/"linear_2" to another model's names.
 PROJECTOR = {"linear_1": "mm.0", "linear_2": "mm.2"}
 
@@ -81,10 +90,52 @@ def require_gguf():
 
 
 def check_quantize(quantize: str) -> None:
-    if quantize in LATER:
-        raise ExportRefused(LATER[quantize])
-    if quantize not in QUANTIZE:
-        raise ExportRefused(f"unknown --quantize {quantize!r}: choose one of {', '.join(QUANTIZE)} (q4_k_m: not yet)")
+    if quantize in LLAMA_QUANTIZE:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise ExportRefused(f"--quantize {quantize} runs llama.cpp's quantizer: pip install -r requirements-gguf.txt "
+                                "(or make gguf); f32/f16/q8_0 need only the gguf package") from None
+    elif quantize not in QUANTIZE:
+        raise ExportRefused(f"unknown --quantize {quantize!r}: choose one of {', '.join([*QUANTIZE, *LLAMA_QUANTIZE])}")
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path):
+    """File descriptor 2 (where llama.cpp's C code logs) appended to ``path`` meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def llama_quantize(source: Path, target: Path, quantize: str) -> None:
+    """``target`` = ``source`` (an f32 GGUF) quantized by llama.cpp to ``quantize``; its log is
+    kept out of the terminal and its last lines reported if it fails."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, LLAMA_QUANTIZE[quantize])
+    params.nthread = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "quantize.log"
+        with stderr_to(log):
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+        if status != 0:
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+            raise ExportRefused(f"llama.cpp could not quantize to {quantize} (status {status}): {tail}")
+
+
+def k_quant_fallbacks(tensors: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """``(matrices whose rows k-quants cannot block, matrices)``: llama.cpp stores the former in a
+    legacy type (q5_0, q8_0, ...) instead, so a small model is barely a k-quant at all."""
+    matrices = [t for name, t in tensors.items() if t.dim() == 2 and name.endswith(".weight")]
+    return sum(t.shape[-1] % K_BLOCK != 0 for t in matrices), len(matrices)
 
 
 def check_exportable(config) -> None:
@@ -98,7 +149,7 @@ def check_exportable(config) -> None:
         raise ExportRefused(f"vision_feature_select {config.vision_feature_select!r} has no GGUF equivalent")
     if not isinstance(config.vision_feature_layer, int):
         raise ExportRefused("only a single integer vision_feature_layer can be exported to GGUF")
-    if config.projector_hidden_act not in TANH_GELU:
+    if config.projector_hidden_act not in GGML_GELU:
         raise ExportRefused(f"projector activation {config.projector_hidden_act!r}: llama.cpp's mlp projector applies GELU")
 
 
@@ -290,7 +341,7 @@ def write_language_model(path: Path, model, tokenizer, quantize: str, template: 
 def write_mmproj(path: Path, model, kind: str, name: str) -> None:
     gguf = require_gguf()
     vision = model.vision_tower.model.config
-    if vision.hidden_act not in TANH_GELU | {"quick_gelu"}:
+    if vision.hidden_act not in GGML_GELU | {"quick_gelu"}:
         raise ExportRefused(f"vision activation {vision.hidden_act!r} has no llama.cpp equivalent")
     pre = model.preprocessor
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
@@ -309,14 +360,14 @@ def write_mmproj(path: Path, model, kind: str, name: str) -> None:
     writer.add_vision_projection_dim(model.text_config.hidden_size)
     writer.add_vision_image_mean([float(x) for x in pre.image_mean])
     writer.add_vision_image_std([float(x) for x in pre.image_std])
-    writer.add_vision_use_gelu(vision.hidden_act in TANH_GELU)  # else llama.cpp's quick GELU
+    writer.add_vision_use_gelu(vision.hidden_act in GGML_GELU)  # else llama.cpp's quick GELU
     layer = feature_layer(model.config.vision_feature_layer, vision.num_hidden_layers)
     writer.add_array("clip.vision.feature_layer", [layer])  # clip-impl.h KEY_FEATURE_LAYER
     _write(writer, vision_tensors(model), kind, gguf)
 
 
 def file_names(quantize: str) -> tuple[str, str]:
-    """``(language model, mmproj)`` file names for ``--quantize``."""
+    """``(language model, mmproj)`` file names for ``--quantize`` (the mmproj stays f16, or f32)."""
     return f"model-{quantize}.gguf", f"mmproj-{'f32' if quantize == 'f32' else 'f16'}.gguf"
 
 
@@ -404,7 +455,13 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "bfloat16", 
     check_output(output, resolved, overwrite)  # cheap refusals before loading anything
     path, model, tokenizer = load_checkpoint(resolved, check=check_exportable)
 
-    warnings = []
+    warnings, notes = [], []  # notes: in the README only
+    if model.preprocessor.aspect == "squash":
+        warnings.append(f"model.image_aspect squash: llama.cpp letterboxes a non-square image onto a {LLAMA_CPP_PAD} "
+                        "square, the model saw it squashed; square images are unaffected (image_aspect: pad matches)")
+    else:
+        notes.append(f"model.image_aspect pad: llama.cpp pads non-square images with {LLAMA_CPP_PAD}, training "
+                     f"padded with the mean colour {tuple(int(255 * m) for m in model.preprocessor.image_mean)}")
     if model.config.vision_feature_select == "drop_first":
         n = model.config.num_image_tokens
         warnings.append(f"vision_feature_select drop_first: llama.cpp feeds all {n + 1} patches per image, "
@@ -418,10 +475,22 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "bfloat16", 
     template = chat_template(MEDIA_MARKER, default_system)
     model_file, mmproj_file = file_names(quantize)
     name = Path(path).resolve().name
+    if quantize in LLAMA_QUANTIZE:
+        fallbacks, matrices = k_quant_fallbacks(lm_tensors(model))
+        if fallbacks:
+            warnings.append(f"{quantize}: {fallbacks} of the language model's {matrices} weight matrices have rows that "
+                            f"are not a multiple of {K_BLOCK}; llama.cpp stores those in a legacy type (q5_0/q8_0)")
+            warn(warnings[-1])
     with replace_directory(output) as tmp:
-        write_language_model(tmp / model_file, model, tokenizer, quantize, template, name)
+        if quantize in LLAMA_QUANTIZE:
+            source = tmp / "model-f32.gguf"
+            write_language_model(source, model, tokenizer, "f32", template, name)
+            llama_quantize(source, tmp / model_file, quantize)
+            source.unlink()
+        else:
+            write_language_model(tmp / model_file, model, tokenizer, quantize, template, name)
         write_mmproj(tmp / mmproj_file, model, "f32" if quantize == "f32" else "f16", name)
         (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
         (tmp / "chat_template.llama-cpp-python.jinja").write_text(llama_cpp_python_template(template), encoding="utf-8")
-        (tmp / "README.md").write_text(readme(output, path, model_file, mmproj_file, warnings), encoding="utf-8")
+        (tmp / "README.md").write_text(readme(output, path, model_file, mmproj_file, warnings + notes), encoding="utf-8")
     return output

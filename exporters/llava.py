@@ -150,17 +150,21 @@ def file_key(name: str) -> str:
 
 def build_processor(model, tokenizer, template: str):
     """``LlavaProcessor`` whose single image placeholder expands to our exact image-token count."""
-    from transformers import LlavaProcessor, SiglipImageProcessor
+    from transformers import LlavaImageProcessor, LlavaProcessor, SiglipImageProcessor
 
     pre = model.preprocessor
     vision = model.vision_tower.model.config
-    image_processor = SiglipImageProcessor(
+    common = dict(
         size={"height": pre.size, "width": pre.size},
         image_mean=list(pre.image_mean),
         image_std=list(pre.image_std),
         resample=3,  # PIL bicubic, antialiased (what visual.preprocess does)
         do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True,
     )
+    if pre.aspect == "pad":  # LLaVA-1.5's own processor pads to a square with the mean colour
+        image_processor = LlavaImageProcessor(**common, do_pad=True, do_center_crop=False)
+    else:
+        image_processor = SiglipImageProcessor(**common)
     strategy = SELECT_STRATEGY[model.config.vision_feature_select]
     # LlavaProcessor: (h // patch) * (w // patch) + num_additional_image_tokens - (1 if default).
     # SigLIP has no class token, so nothing is added: so400m-384 -> 729 patches, 728 with default.

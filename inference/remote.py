@@ -54,7 +54,110 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-class RemotePredictor:
+class ChatCompletionsPredictor:
+    """``answer``/``stream`` over OpenAI chat-completion requests and replies (plain dicts).
+
+    Subclasses say how a request is answered: :class:`RemotePredictor` posts it to a server,
+    ``inference.gguf.GGUFPredictor`` hands it to llama-cpp-python in this process. Both take the
+    same request (one user message: the image as a PNG data URL, then the question) and return
+    the same reply, so building the one and reading the other lives here once.
+    """
+
+    concurrency = 1
+    model: str | None = None
+    _logprobs = False  # ask for token log-probabilities (the answer's confidence)
+
+    def model_name(self) -> str | None:
+        return self.model
+
+    def complete(self, payload: dict) -> dict:
+        """The reply to a chat-completion request."""
+        raise NotImplementedError
+
+    def complete_stream(self, payload: dict) -> Iterator[dict]:
+        """The chunks of a streamed chat-completion request (``choices[0].delta.content``)."""
+        raise NotImplementedError
+
+    def payload(self, image, question: str, settings=None, stream: bool = False) -> dict:
+        from inference.generation import SamplingSettings
+
+        s = settings or SamplingSettings()
+        body = {
+            "messages": [{
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                    {"type": "text", "text": question},
+                ],
+            }],
+            "max_tokens": s.max_new_tokens,
+            "temperature": s.temperature if s.do_sample else 0.0,
+            "stream": stream,
+        }
+        if self.model_name():
+            body["model"] = self.model
+        if s.do_sample:
+            body["top_p"] = s.top_p
+            if s.top_k:
+                body["top_k"] = s.top_k  # vLLM extension; other servers ignore it
+            if s.seed is not None:
+                body["seed"] = s.seed
+        if self._logprobs and not stream:
+            body["logprobs"] = True
+        return body
+
+    # -- questions -------------------------------------------------------------------------
+
+    def check_question(self, question: str, settings=None) -> None:
+        """Nothing to check here: the backend knows its model's context and refuses what does not fit."""
+
+    def ask(self, image, question: str, settings=None) -> RemoteAnswer:
+        reply = self.complete(self.payload(image, question, settings))
+        try:
+            choice = reply["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise RemoteError(f"{self.describe()}: unexpected reply {_one_line(json.dumps(reply, default=str))}") from None
+        return RemoteAnswer(text.strip(), _mean_logprob(choice.get("logprobs")))
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def answer(self, images, questions, settings=None) -> list[RemoteAnswer]:
+        """Ask every (image, question) pair; up to ``concurrency`` requests in flight (a server
+        such as vLLM batches concurrent requests itself)."""
+        images, questions = list(images), list(questions)
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        self.model_name()
+        if len(images) <= 1 or self.concurrency == 1:
+            return [self.ask(i, q, settings) for i, q in zip(images, questions)]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(images))) as pool:
+            return list(pool.map(lambda pair: self.ask(pair[0], pair[1], settings), zip(images, questions)))
+
+    def stream(self, image, question: str, settings=None, should_stop=lambda: False) -> Iterator[str]:
+        """Yield answer pieces as they come; leading whitespace is dropped and trailing whitespace
+        held back, so the pieces join to the stripped answer."""
+        emitted, pending = False, ""
+        for chunk in self.complete_stream(self.payload(image, question, settings, stream=True)):
+            if should_stop():
+                return
+            try:
+                delta = chunk["choices"][0].get("delta") or {}
+            except (KeyError, IndexError, TypeError, AttributeError):
+                continue
+            piece = delta.get("content") or ""
+            if not emitted:
+                piece = piece.lstrip()
+            text = pending + piece
+            body = text.rstrip()
+            pending = text[len(body):]
+            if body:
+                emitted = True
+                yield body
+
+
+class RemotePredictor(ChatCompletionsPredictor):
     def __init__(self, url: str, model: str | None = None, timeout: float = 600.0,
                  api_key: str | None = None, concurrency: int = 8) -> None:
         base = url.rstrip("/")
@@ -69,6 +172,9 @@ class RemotePredictor:
         self.concurrency = max(1, concurrency)
         self._logprobs = True  # switched off when the server refuses the logprobs option
         self._model_resolved = model is not None
+
+    def describe(self) -> str:
+        return self.base
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -109,107 +215,40 @@ class RemotePredictor:
                 self.model = None  # the server picks its only model
         return self.model
 
-    def payload(self, image, question: str, settings=None, stream: bool = False) -> dict:
-        from inference.generation import SamplingSettings
-
-        s = settings or SamplingSettings()
-        body = {
-            "messages": [{
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": image_data_url(image)}},
-                    {"type": "text", "text": question},
-                ],
-            }],
-            "max_tokens": s.max_new_tokens,
-            "temperature": s.temperature if s.do_sample else 0.0,
-            "stream": stream,
-        }
-        if self.model_name():
-            body["model"] = self.model
-        if s.do_sample:
-            body["top_p"] = s.top_p
-            if s.top_k:
-                body["top_k"] = s.top_k  # vLLM extension; other servers ignore it
-            if s.seed is not None:
-                body["seed"] = s.seed
-        if self._logprobs and not stream:
-            body["logprobs"] = True
-        return body
-
-    # -- questions -------------------------------------------------------------------------
-
-    def check_question(self, question: str, settings=None) -> None:
-        """Nothing to check here: the server knows its model's context and refuses what does not fit."""
-
-    def ask(self, image, question: str, settings=None) -> RemoteAnswer:
-        payload = self.payload(image, question, settings)
+    def complete(self, payload: dict) -> dict:
         try:
             with self._request("/v1/chat/completions", payload) as response:
-                reply = json.loads(response.read().decode("utf-8"))
+                return json.loads(response.read().decode("utf-8"))
         except RemoteError as exc:
             if "logprobs" in payload and "HTTP 4" in str(exc):
                 self._logprobs = False  # retry once without the optional logprobs
-                return self.ask(image, question, settings)
+                return self.complete({k: v for k, v in payload.items() if k != "logprobs"})
             raise
         except ValueError:
             raise RemoteError(f"{self.base}: the server's reply is not JSON") from None
-        try:
-            choice = reply["choices"][0]
-            text = choice["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise RemoteError(f"{self.base}: unexpected reply {_one_line(json.dumps(reply))}") from None
-        return RemoteAnswer(text.strip(), _mean_logprob(choice.get("logprobs")))
 
-    def answer(self, images, questions, settings=None) -> list[RemoteAnswer]:
-        """Ask every (image, question) pair; up to ``concurrency`` requests in flight (a server
-        such as vLLM batches concurrent requests itself)."""
-        images, questions = list(images), list(questions)
-        if len(images) != len(questions):
-            raise ValueError(f"{len(images)} images but {len(questions)} questions")
-        self.model_name()
-        if len(images) <= 1 or self.concurrency == 1:
-            return [self.ask(i, q, settings) for i, q in zip(images, questions)]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(images))) as pool:
-            return list(pool.map(lambda pair: self.ask(pair[0], pair[1], settings), zip(images, questions)))
-
-    def stream(self, image, question: str, settings=None, should_stop=lambda: False) -> Iterator[str]:
-        """Yield answer pieces from a streamed (SSE) completion; leading whitespace is dropped and
-        trailing whitespace held back, so the pieces join to the stripped answer."""
-        payload = self.payload(image, question, settings, stream=True)
-        emitted, pending = False, ""
+    def complete_stream(self, payload: dict) -> Iterator[dict]:
+        """Server-sent events, one chunk per ``data:`` line; a server that ignores ``stream``
+        answers with one ordinary completion, passed on as a single chunk."""
         with self._request("/v1/chat/completions", payload) as response:
             if "text/event-stream" not in (response.headers.get("Content-Type") or "text/event-stream"):
-                # a server that ignores "stream": one ordinary completion
                 try:
                     text = json.loads(response.read().decode("utf-8"))["choices"][0]["message"].get("content") or ""
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                     raise RemoteError(f"{self.base}: unexpected reply to a streamed request") from None
-                if text.strip():
-                    yield text.strip()
+                yield {"choices": [{"delta": {"content": text}}]}
                 return
             for raw in response:
-                if should_stop():
-                    return
                 line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):
                     continue
                 data = line[len("data:"):].strip()
                 if data == "[DONE]":
-                    break
+                    return
                 try:
-                    delta = json.loads(data)["choices"][0].get("delta") or {}
-                except (ValueError, KeyError, IndexError, TypeError):
+                    yield json.loads(data)
+                except ValueError:
                     continue
-                piece = delta.get("content") or ""
-                if not emitted:
-                    piece = piece.lstrip()
-                text = pending + piece
-                body = text.rstrip()
-                pending = text[len(body):]
-                if body:
-                    emitted = True
-                    yield body
 
 
 def _mean_logprob(logprobs) -> float | None:

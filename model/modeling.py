@@ -8,6 +8,7 @@ changed (see ``trained_key``) in ``model.safetensors`` next to ``config.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -98,6 +99,7 @@ class VQAModel(PreTrainedModel):
             lm.resize_token_embeddings(len(tokenizer))
         config.image_token_id = token_id
         config.num_image_tokens = tower.num_image_tokens
+        tower.preprocessor = dataclasses.replace(tower.preprocessor, aspect=config.image_aspect)
         config.vision_hidden_size = tower.hidden_size
         config.text_hidden_size = lm.config.hidden_size
         config.text_vocab_size = lm.get_input_embeddings().num_embeddings

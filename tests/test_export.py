@@ -37,7 +37,8 @@ MAX_NEW_TOKENS = 12
 VARIANTS = {
     "lora": dict(language="tiny-qwen2", select="drop_first", finetune="lora", lora=LORA),
     "full": dict(language="tiny-qwen2", select="drop_first", finetune="full", system_prompt=SYSTEM_PROMPT),
-    "projector": dict(language="tiny-qwen3", select="full", finetune="projector"),
+    # image_aspect pad: the export's processor is LLaVA's own, padding to a square (picture() is not)
+    "projector": dict(language="tiny-qwen3", select="full", finetune="projector", image_aspect="pad"),
 }
 
 
@@ -190,6 +191,9 @@ def test_config_processor_and_files_are_what_vllm_reads(checkpoints, exports):
         assert processor["image_token"] == "<|extra_0|>" and processor["num_additional_image_tokens"] == 0
         assert processor["patch_size"] == vision["patch_size"] and processor["vision_feature_select_strategy"] == strategy
         assert processor["image_processor"]["size"] == {"height": vision["image_size"], "width": vision["image_size"]}
+        pads = spec.get("image_aspect") == "pad"
+        assert processor["image_processor"]["image_processor_type"].startswith("Llava" if pads else "Siglip")
+        assert processor["image_processor"].get("do_pad", False) == pads
         assert (path / "preprocessor_config.json").is_file() and (path / "chat_template.jinja").is_file()
         generation = json.loads((path / "generation_config.json").read_text())
         assert generation["do_sample"] is False and 151665 in generation["suppress_tokens"]

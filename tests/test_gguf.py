@@ -33,7 +33,7 @@ import gguf  # noqa: E402 (requirements-dev.txt pins it: a missing one fails, ne
 QUESTION = "What colour is the square?"
 VARIANTS = {
     "lora": (dict(language="tiny-qwen2", select="drop_first", finetune="lora", lora=LORA), "f32"),
-    "qwen3": (dict(language="tiny-qwen3", select="full", finetune="full", vision_feature_layer=-2), None),
+    "qwen3": (dict(language="tiny-qwen3", select="full", finetune="full", vision_feature_layer=-2, image_aspect="pad"), None),
     "untied": (dict(language="demo-qwen2", select="full", finetune="projector"), "q8_0"),
 }
 # llama.cpp's names (llama-arch.cpp LLM_TENSOR_NAMES for qwen2/qwen3, clip-impl.h TN_*).
@@ -287,14 +287,18 @@ def test_mmproj_is_a_clip_mlp_projector_with_our_tower(exports, models, read, na
         kind_name = expected_type(key, kind, expected[key].shape)
         assert tensor.tensor_type.name == kind_name, key
         check_tensor(tensor, expected[key].detach(), kind_name)
-    # One warning line for drop_first models (llama.cpp keeps every patch), none otherwise.
+    # One warning line each for drop_first (llama.cpp keeps every patch) and squash models
+    # (llama.cpp letterboxes); a pad model's pad colour is a README note.
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-    if model.config.vision_feature_select == "drop_first":
-        assert len(warnings) == 1 and "drop_first" in warnings[0] and "16 patches" in warnings[0]
-        assert "drop_first" in (path / "README.md").read_text()
-    else:
-        assert warnings == []
     readme = (path / "README.md").read_text()
+    expected = {"drop_first": model.config.vision_feature_select == "drop_first",
+                "image_aspect squash": model.preprocessor.aspect == "squash"}
+    assert len(warnings) == sum(expected.values())
+    for word, present in expected.items():
+        assert any(word in w for w in warnings) == present and (word in readme) == present, word
+    if model.config.vision_feature_select == "drop_first":
+        assert "16 patches" in err
+    assert ("image_aspect pad" in readme and "(122, 116, 104)" in readme) == (model.preprocessor.aspect == "pad")
     assert f"--mmproj {path.resolve() / f'mmproj-{kind}.gguf'}" in readme and "llama-server" in readme
 
 
@@ -308,9 +312,12 @@ def test_refusals_are_one_line_and_leave_nothing(tiny, checkpoints, tmp_path, ca
     gguf_args = ["--format", "gguf"]
     err = refused(capsys, ["--checkpoint", str(tmp_path / "timm"), "--output", str(tmp_path / "o1"), *gguf_args])
     assert "timm" in err and "no GGUF mapping" in err
-    for quantize, message in (("q5_k", "unknown --quantize 'q5_k'"), ("q4_k_m", "llama.cpp's quantizer")):
-        assert message in refused(capsys, ["--checkpoint", lora, "--output", str(tmp_path / "o2"),
-                                           *gguf_args, "--quantize", quantize])
+    assert "unknown --quantize 'q5_k'" in refused(capsys, ["--checkpoint", lora, "--output", str(tmp_path / "o2"),
+                                                          *gguf_args, "--quantize", "q5_k"])
+    with monkeypatch.context() as patch:
+        patch.setitem(__import__("sys").modules, "llama_cpp", None)  # as if llama-cpp-python were missing
+        assert "runs llama.cpp's quantizer: pip install -r requirements-gguf.txt" in refused(
+            capsys, ["--checkpoint", lora, "--output", str(tmp_path / "o2"), *gguf_args, "--quantize", "q4_k_m"])
     assert "--format gguf" in refused(capsys, ["--checkpoint", lora, "--output", str(tmp_path / "o3"), "--quantize", "q8_0"])
     assert "not writable" in refused(capsys, ["--checkpoint", lora, "--output", "/proc/vqa-gguf", *gguf_args])
     monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # as if requirements-gguf.txt were not installed

@@ -408,7 +408,7 @@ def test_review_refuses_a_directory_where_the_log_cannot_be_written(tmp_path):
     (["--review", "missing.jsonl"], "error: missing.jsonl: no such answers file"),
     (["--review", "a.jsonl", "--checkpoint", "run"], "error: --review needs no model"),
     (["--reviewer", "ana", "--checkpoint", "run"], "error: --reviewer and --flagged-only are for --review"),
-    ([], "error: give --checkpoint DIR or --server URL (or --review ANSWERS.jsonl)"),
+    ([], "error: give --checkpoint DIR, --gguf DIR or --server URL (or --review ANSWERS.jsonl)"),
 ])
 def test_review_arguments_are_checked_before_a_window_opens(args, message):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}

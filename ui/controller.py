@@ -68,23 +68,43 @@ class LocalBackend:
     def description(self) -> str:
         return f"checkpoint {self.checkpoint}"
 
+    def open(self):
+        from inference.predictor import Predictor  # torch and transformers: import off the UI thread
+
+        return Predictor.from_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device, quantize=self.quantize)
+
     def load(self) -> None:
         if self.predictor is not None:
             return
-        from inference.predictor import Predictor  # torch and transformers: import off the UI thread
+        from errors import UserError
 
         try:
-            self.predictor = Predictor.from_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device,
-                                                       quantize=self.quantize)
-        except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
+            self.predictor = self.open()
+        except (FileNotFoundError, ValueError, OSError, KeyError, UserError) as exc:
             raise BackendError(f"cannot load the model: {exc}") from None
 
     def ask(self, image, question, should_stop=lambda: False) -> Iterator[str]:
+        from errors import UserError
+
         self.load()
         try:
             yield from self.predictor.stream(image, question, self.settings, should_stop=should_stop)
-        except ValueError as exc:  # an image that became unreadable since it was opened
+        except (ValueError, UserError) as exc:  # an image that became unreadable since it was opened
             raise BackendError(str(exc)) from None
+
+
+class GGUFBackend(LocalBackend):
+    """A GGUF export answered by llama.cpp (:class:`inference.gguf.GGUFPredictor`), to check an
+    export in the same window as its checkpoint."""
+
+    @property
+    def description(self) -> str:
+        return f"GGUF {self.checkpoint}"
+
+    def open(self):
+        from inference.gguf import GGUFPredictor
+
+        return GGUFPredictor(self.checkpoint)
 
 
 class ServerBackend:

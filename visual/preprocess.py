@@ -79,9 +79,24 @@ def resize_bicubic(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(image, size=[size, size], mode="bicubic", align_corners=False, antialias=True)[0]
 
 
+def pad_to_square(pixels: torch.Tensor, colour: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 ``[3, H, W]`` centred on a square of ``colour`` (left/top get the smaller half)."""
+    _, height, width = pixels.shape
+    side = max(height, width)
+    if height == width:
+        return pixels
+    out = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1).expand(3, side, side).clone()
+    top, left = (side - height) // 2, (side - width) // 2
+    out[:, top:top + height, left:left + width] = pixels
+    return out
+
+
 @dataclass(frozen=True)
 class ImagePreprocessor:
     """Resize to ``size`` x ``size`` (antialiased bicubic), rescale to [0, 1], normalise.
+
+    ``aspect="pad"`` first centres a non-square image on a square of the mean colour
+    (``int(255 * mean)`` per channel, as transformers' ``LlavaImageProcessor(do_pad=True)``).
 
     ``resized`` stops before the float work: the training data loader hands uint8 pixels (4x less
     to copy from worker processes and to the GPU) and the vision tower normalises them on its
@@ -91,10 +106,17 @@ class ImagePreprocessor:
     size: int
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    aspect: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.aspect not in ("squash", "pad"):
+            raise ValueError(f"image aspect must be 'squash' or 'pad', got {self.aspect!r}")
 
     def resized(self, image: str | Path | Image.Image) -> torch.Tensor:
         """uint8 ``[3, size, size]``."""
         pixels = pil_to_tensor(load_image(image))  # uint8 [3, H, W]
+        if self.aspect == "pad":
+            pixels = pad_to_square(pixels, tuple(int(255 * m) for m in self.image_mean))
         if pixels.shape[-2:] != (self.size, self.size):
             pixels = resize_bicubic(pixels, self.size)
         return pixels
