@@ -12,7 +12,9 @@ quantizer), answers the first ``--limit`` held-out demo questions greedily throu
 - VQA accuracy of both against the ground truth (``evaluation.vqa_metric``);
 - the first answer token's log-probability, llama.cpp's vs ours from a plain forward pass (where
   the first tokens agree): the largest difference;
-- median milliseconds per answer (image encoding, prompt, answer tokens).
+- median milliseconds per answer (image encoding, prompt, answer tokens);
+- decoding speed: ``--decode-tokens`` answer tokens with the end of turn banned, tokens per second
+  (median of 5, prompt and image included).
 
 A fixed workload: the demo's held-out file and checkpoint are fixed once ``make demo-dpo`` has run.
 Needs llama-cpp-python and gguf (``make gguf``).
@@ -93,6 +95,48 @@ def llama(directory: Path, items: list[dict], threads: int) -> list[dict]:
     return rows
 
 
+def ours_decode(checkpoint: str, item: dict, tokens: int) -> float:
+    from inference.generation import SamplingSettings, generate
+    from inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint, dtype="float32", device="cpu")
+    ids, mask, pixels = predictor.prepare([item["image"]], [item["question"]])
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        result = generate(predictor.model, ids, pixels, mask, SamplingSettings(max_new_tokens=tokens), (),
+                          predictor.tokenizer.pad_token_id)
+        times.append(time.perf_counter() - start)
+        assert len(result.sequences[0]) == tokens
+    return tokens / statistics.median(times)
+
+
+def llama_decode(directory: Path, item: dict, tokens: int, threads: int) -> float:
+    from llama_cpp import LogitsProcessorList
+
+    from inference.gguf import GGUFPredictor
+    from inference.generation import SamplingSettings
+
+    predictor = GGUFPredictor(directory, threads=threads)
+    end = predictor.end_ids()
+
+    def ban_end(input_ids, scores):
+        scores[end] = -float("inf")
+        return scores
+
+    request = predictor.request(predictor.payload(item["image"], item["question"], SamplingSettings(max_new_tokens=tokens)))
+    times = []
+    try:
+        for _ in range(6):  # the first call also sets llama.cpp's multimodal context up: not timed
+            start = time.perf_counter()
+            reply = predictor.llm.create_chat_completion(**request, logits_processor=LogitsProcessorList([ban_end]))
+            times.append(time.perf_counter() - start)
+            assert reply["usage"]["completion_tokens"] == tokens, reply["usage"]
+    finally:
+        predictor.close()
+    return tokens / statistics.median(times[1:])
+
+
 def summary(kind: str, items, mine, theirs) -> dict:
     from evaluation.vqa_metric import vqa_accuracy
 
@@ -117,6 +161,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="for llama.cpp and torch alike (default: %(default)s)")
     parser.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES)
+    parser.add_argument("--decode-tokens", type=int, default=64, help="fixed-length decoding speed (0: skip)")
     args = parser.parse_args()
 
     from exporters.gguf import export
@@ -130,12 +175,17 @@ def main() -> int:
             directory = Path(tmp) / kind
             export(args.checkpoint, directory, quantize=kind, warn=lambda message: print(f"warning: {message}"))
             results.append(summary(kind, items, mine, llama(directory, items, args.threads)))
+            if args.decode_tokens:
+                results[-1]["tok_s_llama"] = llama_decode(directory, items[0], args.decode_tokens, args.threads)
+    speed = ours_decode(args.checkpoint, items[0], args.decode_tokens) if args.decode_tokens else float("nan")
     print(f"{args.checkpoint}, {len(items)} held-out questions, {args.threads} thread(s), greedy")
-    print("| type | answers equal to ours | VQA acc. llama.cpp / ours | max first-token log-prob diff | ms per answer llama.cpp / ours |")
-    print("|---|---|---|---|---|")
+    print("| type | answers equal to ours | VQA acc. llama.cpp / ours | max first-token log-prob diff "
+          f"| ms per answer llama.cpp / ours | {args.decode_tokens}-token answers, tok/s llama.cpp / ours |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['type']} | {r['agree']:.1f}% | {r['vqa_llama']:.1f} / {r['vqa_ours']:.1f} | "
-              f"{r['max_first_logprob_diff']:.1e} | {r['ms_llama']:.1f} / {r['ms_ours']:.1f} |")
+              f"{r['max_first_logprob_diff']:.1e} | {r['ms_llama']:.1f} / {r['ms_ours']:.1f} | "
+              f"{r.get('tok_s_llama', float('nan')):.0f} / {speed:.0f} |")
     return 0
 
 

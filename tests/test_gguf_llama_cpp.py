@@ -80,16 +80,19 @@ def ours(taught):
         with torch.inference_mode():
             hidden = predictor.model.decoder(inputs_embeds=predictor.model.embed(ids, pixels)).last_hidden_state
             logprobs = predictor.model.lm_head(hidden[:, -1]).float().log_softmax(-1)[0]
-        result[name] = (answer.text, float(logprobs[answer.token_ids[0]]))
+        result[name] = (answer.text, float(logprobs[answer.token_ids[0]]), answer.mean_logprob)
     return result
 
 
 def test_the_taught_model_answers_every_colour(ours):
-    assert {name: text for name, (text, _) in ours.items()} == ANSWERS
+    assert {name: text for name, (text, _, _) in ours.items()} == ANSWERS
 
 
-def test_f32_gguf_matches_our_model(exports, taught, ours):
+def test_f32_gguf_matches_our_model(exports, taught, ours, tokenizer):
     from inference.gguf import GGUFPredictor
+
+    def predictor_tokens(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     _, images = taught
     predictor = GGUFPredictor(exports["f32"][0], logprobs=True)
@@ -97,9 +100,12 @@ def test_f32_gguf_matches_our_model(exports, taught, ours):
         for name, image in images.items():
             reply = predictor.complete(predictor.payload(image, QUESTION))
             choice = reply["choices"][0]
-            text, first_logprob = ours[name]
+            text, first_logprob, confidence = ours[name]
             assert choice["message"]["content"].strip() == text
             assert abs(choice["logprobs"]["content"][0]["logprob"] - first_logprob) < 1e-2
+            # the confidence infer.py reports: every answer token and the end of turn, as ours
+            assert len(choice["logprobs"]["content"]) == len(predictor_tokens(text)) + 1
+            assert abs(predictor.answer([image], [QUESTION])[0].mean_logprob - confidence) < 1e-2
     finally:
         predictor.close()
 
