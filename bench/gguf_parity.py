@@ -16,6 +16,9 @@ quantizer), answers the first ``--limit`` held-out demo questions greedily throu
 - decoding speed: ``--decode-tokens`` answer tokens with the end of turn banned, tokens per second
   (median of 5, prompt and image included).
 
+``--stretch F`` asks about non-square copies of the images, F times as wide (the effect of
+``model.image_aspect``: our squash restores the square the model saw, llama.cpp letterboxes).
+
 A fixed workload: the demo's held-out file and checkpoint are fixed once ``make demo-dpo`` has run.
 Needs llama-cpp-python and gguf (``make gguf``).
 """
@@ -53,6 +56,19 @@ def held_out(qa_file: Path, limit: int) -> list[dict]:
         if len(items) == limit:
             break
     return items
+
+
+def stretched(items: list[dict], factor: float, directory: Path) -> list[dict]:
+    """The items with their images resized to ``factor`` times their width (PNG copies)."""
+    from PIL import Image
+
+    out = []
+    for n, item in enumerate(items):
+        image = Image.open(item["image"]).convert("RGB")
+        path = directory / f"stretched-{n}.png"
+        image.resize((round(image.width * factor), image.height), Image.BICUBIC).save(path)
+        out.append({**item, "image": path})
+    return out
 
 
 def ours(checkpoint: str, items: list[dict]) -> list[dict]:
@@ -162,15 +178,18 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="for llama.cpp and torch alike (default: %(default)s)")
     parser.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES)
     parser.add_argument("--decode-tokens", type=int, default=64, help="fixed-length decoding speed (0: skip)")
+    parser.add_argument("--stretch", type=float, default=1.0, help="ask about images this many times as wide")
     args = parser.parse_args()
 
     from exporters.gguf import export
 
     torch.set_num_threads(args.threads)
     items = held_out(args.qa, args.limit)
-    mine = ours(args.checkpoint, items)
     results = []
     with tempfile.TemporaryDirectory(prefix="gguf-parity-") as tmp:
+        if args.stretch != 1.0:
+            items = stretched(items, args.stretch, Path(tmp))
+        mine = ours(args.checkpoint, items)
         for kind in args.types:
             directory = Path(tmp) / kind
             export(args.checkpoint, directory, quantize=kind, warn=lambda message: print(f"warning: {message}"))
@@ -178,7 +197,8 @@ def main() -> int:
             if args.decode_tokens:
                 results[-1]["tok_s_llama"] = llama_decode(directory, items[0], args.decode_tokens, args.threads)
     speed = ours_decode(args.checkpoint, items[0], args.decode_tokens) if args.decode_tokens else float("nan")
-    print(f"{args.checkpoint}, {len(items)} held-out questions, {args.threads} thread(s), greedy")
+    shape = f", images {args.stretch:g}x as wide" if args.stretch != 1.0 else ""
+    print(f"{args.checkpoint}, {len(items)} held-out questions{shape}, {args.threads} thread(s), greedy")
     print("| type | answers equal to ours | VQA acc. llama.cpp / ours | max first-token log-prob diff "
           f"| ms per answer llama.cpp / ours | {args.decode_tokens}-token answers, tok/s llama.cpp / ours |")
     print("|---|---|---|---|---|---|")

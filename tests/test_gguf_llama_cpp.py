@@ -168,3 +168,17 @@ def test_bad_gguf_paths_are_one_line_errors(exports, taught, tmp_path, capsys, m
             infer.main(["--gguf", str(exports["f32"][0]), "--image", str(images["red"]), "--question", QUESTION])
     assert capsys.readouterr().err.strip() == "error: --gguf needs llama-cpp-python: " + \
         "pip install -r requirements-gguf.txt (or: make gguf)"
+
+
+def test_gui_backend_streams_the_gguf_answer(exports, taught):
+    """gui.py --gguf: the window's backend streams llama.cpp's answer like a checkpoint's."""
+    import gui
+    from ui.controller import BackendError, GGUFBackend
+
+    _, images = taught
+    args = gui.build_parser().parse_args(["--gguf", str(exports["q8_0"][0])])
+    backend = gui.make_backend(args, gui.cli.config_from_args(args))
+    assert isinstance(backend, GGUFBackend) and backend.description.startswith("GGUF ")
+    assert "".join(backend.ask(images["blue"], QUESTION)) == ANSWERS["blue"]
+    with pytest.raises(BackendError, match="no such image file"):
+        list(backend.ask(images["blue"].with_suffix(".txt"), QUESTION))
