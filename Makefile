@@ -30,8 +30,9 @@ $(GGUF_STAMP): $(STAMP) requirements-gguf.txt
 tiny: $(STAMP)
 	$(PY) tools/build_tiny_checkpoints.py
 
+# Two workers (a test file stays on one, so its module fixtures are built once), one thread each.
 test: $(STAMP) $(GGUF_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) tools/run_demo.py

@@ -20,11 +20,26 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # A Python-level handler is reset to the default on exec, so children get their KeyboardInterrupt back.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+# Under pytest-xdist (`make test` runs two workers on this 2-core machine) each worker and the
+# scripts it starts compute on one thread: two workers with two threads each would oversubscribe
+# the cores, and OpenMP's spin-waiting then slows small kernels down many times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 # The environment scripts run in as subprocesses: offline, quiet.
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def pytest_configure(config):
+    """Build the tiny checkpoints once, in the controlling process, before any xdist worker starts:
+    two workers building the same directory at once would race (a no-op when they are built)."""
+    if not hasattr(config, "workerinput"):
+        from tools.build_tiny_checkpoints import build_all
+
+        build_all()
 
 
 @pytest.fixture(scope="session")

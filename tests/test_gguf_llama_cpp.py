@@ -170,15 +170,19 @@ def test_bad_gguf_paths_are_one_line_errors(exports, taught, tmp_path, capsys, m
         "pip install -r requirements-gguf.txt (or: make gguf)"
 
 
-def test_gui_backend_streams_the_gguf_answer(exports, taught):
-    """gui.py --gguf: the window's backend streams llama.cpp's answer like a checkpoint's."""
+def test_gui_backend_streams_the_gguf_answer(exports, taught, tmp_path, capsys):
+    """gui.py --gguf: the window's backend streams llama.cpp's answer like a checkpoint's; a bad
+    export is refused before any window opens."""
     import gui
+    from inference.generation import SamplingSettings
     from ui.controller import BackendError, GGUFBackend
 
     _, images = taught
-    args = gui.build_parser().parse_args(["--gguf", str(exports["q8_0"][0])])
-    backend = gui.make_backend(args, gui.cli.config_from_args(args))
-    assert isinstance(backend, GGUFBackend) and backend.description.startswith("GGUF ")
+    backend = GGUFBackend(exports["q8_0"][0], SamplingSettings())
+    assert backend.description.startswith("GGUF ")
     assert "".join(backend.ask(images["blue"], QUESTION)) == ANSWERS["blue"]
     with pytest.raises(BackendError, match="no such image file"):
         list(backend.ask(images["blue"].with_suffix(".txt"), QUESTION))
+    with pytest.raises(SystemExit) as exit_info:
+        gui.main(["--gguf", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and "no such GGUF export" in capsys.readouterr().err
