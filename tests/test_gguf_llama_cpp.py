@@ -186,3 +186,29 @@ def test_gui_backend_streams_the_gguf_answer(exports, taught, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         gui.main(["--gguf", str(tmp_path / "missing")])
     assert exit_info.value.code == 2 and "no such GGUF export" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_gguf_export_like_the_checkpoint(exports, taught, tmp_path, capsys):
+    """evaluate.py --gguf on a merged held-out file: the same predictions and metrics as
+    evaluate.py --checkpoint (each question's ground truth is the taught answer)."""
+    import evaluate
+
+    checkpoint, images = taught
+    (tmp_path / "images.json").write_text(json.dumps(
+        {str(i): {"path": str(images[name]), "source": "t"} for i, name in enumerate(COLOURS)}))
+    records = [{"id": f"t/{name}", "image_id": i, "source": "t", "answers": [ANSWERS[name]] * 10,
+                "messages": [{"role": "user", "content": f"<|extra_0|>\n{QUESTION}"},
+                             {"role": "assistant", "content": ANSWERS[name]}]}
+               for i, name in enumerate(COLOURS)]
+    (tmp_path / "qa.json").write_text(json.dumps(records))
+    results = {}
+    for flag, source in (("--gguf", exports["q4_k_m"][0]), ("--checkpoint", checkpoint)):
+        out = tmp_path / flag.strip("-")
+        assert evaluate.main([flag, str(source), "--data", str(tmp_path / "qa.json"), "--output", str(out)]) in (0, None)
+        predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        results[flag] = ([p["prediction"] for p in predictions], json.loads((out / "metrics.json").read_text()))
+    capsys.readouterr()
+    (gguf_answers, gguf_metrics), (our_answers, our_metrics) = results["--gguf"], results["--checkpoint"]
+    assert gguf_answers == our_answers == [ANSWERS[name] for name in COLOURS]
+    assert gguf_metrics["vqa_accuracy"] == our_metrics["vqa_accuracy"] == 1.0
+    assert gguf_metrics["gguf"] == str(exports["q4_k_m"][0]) and gguf_metrics["checkpoint"] is None
