@@ -318,7 +318,9 @@ def add_tokenizer(writer, tokenizer, model, template: str, gguf) -> None:
 # -- the two files ------------------------------------------------------------------------------
 
 
-def write_language_model(path: Path, model, tokenizer, quantize: str, template: str, name: str) -> None:
+def write_language_model(path: Path, model, tokenizer, quantize: str, template: str, name: str,
+                         tensors: dict[str, torch.Tensor]) -> None:
+    """``tensors``: :func:`lm_tensors` of ``model``."""
     gguf = require_gguf()
     arch = lm_arch(model)
     text = model.text_config
@@ -339,7 +341,7 @@ def write_language_model(path: Path, model, tokenizer, quantize: str, template: 
     writer.add_rope_freq_base(float((getattr(text, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(text.rms_norm_eps)
     add_tokenizer(writer, tokenizer, model, template, gguf)
-    _write(writer, lm_tensors(model), quantize, gguf)
+    _write(writer, tensors, quantize, gguf)
 
 
 def write_mmproj(path: Path, model, kind: str, name: str) -> None:
@@ -483,8 +485,9 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "bfloat16", 
     template = chat_template(MEDIA_MARKER, default_system)
     model_file, mmproj_file = file_names(quantize)
     name = Path(path).resolve().name
+    tensors = lm_tensors(model)  # merged once: the k-quant count and the file both read it
     if quantize in LLAMA_QUANTIZE:
-        fallbacks, matrices = k_quant_fallbacks(lm_tensors(model))
+        fallbacks, matrices = k_quant_fallbacks(tensors)
         if fallbacks:
             warnings.append(f"{quantize}: {fallbacks} of the language model's {matrices} weight matrices have rows that "
                             f"are not a multiple of {K_BLOCK}; llama.cpp stores those in a legacy type (q5_0/q8_0)")
@@ -492,11 +495,11 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "bfloat16", 
     with replace_directory(output) as tmp:
         if quantize in LLAMA_QUANTIZE:
             source = tmp / "model-f32.gguf"
-            write_language_model(source, model, tokenizer, "f32", template, name)
+            write_language_model(source, model, tokenizer, "f32", template, name, tensors)
             llama_quantize(source, tmp / model_file, quantize)
             source.unlink()
         else:
-            write_language_model(tmp / model_file, model, tokenizer, quantize, template, name)
+            write_language_model(tmp / model_file, model, tokenizer, quantize, template, name, tensors)
         write_mmproj(tmp / mmproj_file, model, "f32" if quantize == "f32" else "f16", name)
         (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
         (tmp / "chat_template.llama-cpp-python.jinja").write_text(llama_cpp_python_template(template), encoding="utf-8")
