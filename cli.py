@@ -1,6 +1,6 @@
 """What the command-line scripts share: argument groups, loading a model or a server, one error style.
 
-Every script is a thin ``main(argv)`` over the library packages; this module holds the pieces
+Every script runs a thin ``main(argv)`` (``commands/``) over the library packages; this module holds the pieces
 they have in common so that ``--checkpoint``, ``--server``, ``--config``/``--set`` and the
 generation flags mean the same everywhere, and every mistake ends the same way: one line
 ``error: MESSAGE`` on stderr and exit status 2 (:func:`run_cli`), never a traceback.

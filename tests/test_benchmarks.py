@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import evaluate
+from commands import evaluate
 from evaluation.benchmarks import BENCHMARKS
 from evaluation.benchmarks.base import BenchmarkError
 from evaluation.benchmarks.mme import mme_answer

@@ -201,8 +201,7 @@ def test_pair_logprobs_share_the_prompt_and_equal_whole_rows(tiny, tokenizer):
 
 
 def test_preference_records_in_three_layouts_and_their_bad_input(tmp_path):
-    import process_image
-
+    from commands import process_image
     images = tmp_path / "images"
     images.mkdir()
     from tests.conftest import write_image

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import evaluate
+from commands import evaluate
 from evaluation import vqa_metric
 from evaluation.records import evaluate_records, ground_truth
 from inference.generation import SamplingSettings

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 
-import export
+from commands import export
 from exporters import common, llava
 from inference.generation import SamplingSettings
 from qwen.chat_template import chat_template, default_system_prompt
@@ -480,8 +480,7 @@ def test_infer_server_against_transformers_serve(predictors, server, tmp_path):
 def test_a_benchmark_scores_the_same_through_transformers_serve(checkpoints, server, tmp_path):
     """evaluate.py --benchmark against the served export and against the checkpoint: same answers,
     same metrics.json numbers."""
-    import evaluate
-
+    from commands import evaluate
     url, model_name = server
     coco = tmp_path / "coco"
     coco.mkdir()

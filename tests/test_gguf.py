@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-import export
+from commands import export
 from exporters import gguf as gguf_export
 from tests.conftest import LORA, base_model, make_model
 from tests.test_export import refused

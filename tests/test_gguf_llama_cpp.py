@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-import export
-import infer
+from commands import export
+from commands import infer
 from tests.conftest import make_model, save_checkpoint, teach
 
 import llama_cpp  # noqa: F401,E402 (requirements-dev.txt installs it: a missing one fails, never skips)
@@ -173,7 +173,7 @@ def test_bad_gguf_paths_are_one_line_errors(exports, taught, tmp_path, capsys, m
 def test_gui_backend_streams_the_gguf_answer(exports, taught, tmp_path, capsys):
     """gui.py --gguf: the window's backend streams llama.cpp's answer like a checkpoint's; a bad
     export is refused before any window opens."""
-    import gui
+    from commands import gui
     from inference.generation import SamplingSettings
     from ui.controller import BackendError, GGUFBackend
 
@@ -191,8 +191,7 @@ def test_gui_backend_streams_the_gguf_answer(exports, taught, tmp_path, capsys):
 def test_evaluate_scores_the_gguf_export_like_the_checkpoint(exports, taught, tmp_path, capsys):
     """evaluate.py --gguf on a merged held-out file: the same predictions and metrics as
     evaluate.py --checkpoint (each question's ground truth is the taught answer)."""
-    import evaluate
-
+    from commands import evaluate
     checkpoint, images = taught
     (tmp_path / "images.json").write_text(json.dumps(
         {str(i): {"path": str(images[name]), "source": "t"} for i, name in enumerate(COLOURS)}))

@@ -311,8 +311,7 @@ def review_answers(directory: Path, count: int = 20) -> Path:
 
 
 def test_review_window_by_keyboard_survives_kill_9_and_feeds_training(start_app, tmp_path):
-    import process_image
-
+    from commands import process_image
     answers = review_answers(tmp_path)
     log = tmp_path / "answers.review.jsonl"
     title = "Review answers.jsonl"

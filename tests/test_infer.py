@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 import cli
-import infer
+from commands import infer
 from inference.generation import SamplingSettings
 from inference.predictor import Predictor
 from tests.conftest import COLOUR_QUESTION, OFFLINE_ENV, ROOT, free_port
@@ -197,8 +197,7 @@ def test_export_directory_answers_like_the_checkpoint(predictor, trained, tokeni
     expected = predictor.answer(images, [QUESTION] * 2, SETTINGS)
     exports = [hand_made_export(trained.checkpoint, tokenizer, tmp_path / "by-hand")]
     if (ROOT / "export.py").is_file():  # the real exporter, when present
-        import export
-
+        from commands import export
         assert export.main(["--checkpoint", str(trained.checkpoint), "--output", str(tmp_path / "exported"),
                             "--dtype", "float32"]) == 0
         exports.append(tmp_path / "exported")

@@ -88,7 +88,7 @@ def test_training_lowers_the_loss_and_the_checkpoint_holds_only_adapter_and_proj
 def test_export_merges_the_adapter_into_the_full_precision_base(qlora, tmp_path, capsys):
     from transformers import LlavaForConditionalGeneration
 
-    import export
+    from commands import export
     from model import VQAModel
 
     assert export.main(["--checkpoint", str(qlora.checkpoint), "--output", str(tmp_path / "export"),

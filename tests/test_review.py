@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import process_image
+from commands import process_image
 from config import GenerationSettings
 from dataset.review import ReviewError, log_path, open_review, read_answers, read_log
 from inference.flags import ReviewRules

@@ -24,8 +24,7 @@ def test_demo_sources_name_the_files_the_demo_config_merges():
 
 
 def test_make_data_in_another_dir_merges_every_record(tiny, tmp_path):
-    import process_image
-
+    from commands import process_image
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"model.vision_model={tiny['demo-siglip']}"])
     data_dir = tmp_path / "variant"
     make_data(cfg, str(data_dir), num_train=120, num_captions=10, train_weights=("position=2",))
@@ -42,7 +41,7 @@ def test_make_data_in_another_dir_merges_every_record(tiny, tmp_path):
 
 
 def test_dpo_demo_data_pairs_short_correct_answers_against_verbose_or_wrong_ones(tiny, tmp_path):
-    import process_image
+    from commands import process_image
     from tools.run_dpo_demo import ANSWER_SETS, VERBOSE, short_share, write_raw
 
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"model.vision_model={tiny['demo-siglip']}"])

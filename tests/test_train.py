@@ -213,8 +213,7 @@ def test_refuses_bad_configs_before_any_work(tiny, merged, tmp_path, capsys, ext
         result = run_train(args, timeout=120)
         code, stderr = result.returncode, result.stderr
     else:  # the same main() in-process (importing torch once per case would dominate the test)
-        import train
-
+        from commands import train
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_:
             train.main(args)

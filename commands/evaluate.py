@@ -1,0 +1,167 @@
+"""Evaluate a checkpoint (or a served model) on a benchmark in its official format, or on held-out merged data.
+
+examples:
+  # a benchmark, with the files as they are downloaded (one command per benchmark in the README)
+  python evaluate.py --checkpoint checkpoints/run --benchmark vqav2 --questions v2_OpenEnded_mscoco_val2014_questions.json \
+      --annotations v2_mscoco_val2014_annotations.json --images coco/val2014 --output eval/vqav2
+  python evaluate.py --server http://localhost:8000 --benchmark pope --questions coco_pope_random.json \
+      --questions coco_pope_popular.json --questions coco_pope_adversarial.json --images coco/val2014 --output eval/pope
+  # score an existing results file in the benchmark's official results format, no model
+  python evaluate.py --benchmark vqav2 --questions Q.json --annotations A.json --predictions results.json --output eval/v
+  # held-out merged data (process_image.py's qa.json); --gguf: a GGUF export, through llama.cpp
+  python evaluate.py --checkpoint checkpoints/run --data data/merged_eval/qa.json --output eval/
+  python evaluate.py --gguf exports/vqa-gguf --data data/merged_eval/qa.json --output eval-gguf/
+
+benchmarks: vqav2, okvqa (VQA questions + annotations JSON, COCO images), vizwiz (val/test JSON),
+textvqa (TextVQA JSON), gqa (balanced questions JSON), pope (one JSONL per split), mme (the
+released folder as --questions). Each uses LLaVA-1.5's prompt suffix for it (--prompt-suffix
+replaces it) and its official metric; see docs/benchmarks.md.
+
+files written into --output (a benchmark):
+  predictions.jsonl  one line per question as it is answered; a re-run resumes and never asks a
+                     question twice
+  metrics.json       the official numbers (e.g. VQAv2: overall, perQuestionType, perAnswerType),
+                     what was skipped and why, the settings
+  report.md, per_type.png   tables and a bar chart per question/answer type
+  <name>_results.json       for a split without public answers: the file its evaluation server
+                            accepts (metrics.json says where to upload it)
+
+files written into --output (merged data), atomically, together:
+  predictions.jsonl  id, image_id, question, prediction, answers, question_type, confidence,
+                     vqa_accuracy, exact_match per record
+  metrics.json       vqa_accuracy, exact_match, count, per_question_type, per_answer_type,
+                     errors, skipped, the checkpoint, data and generation settings
+A merged record is answered on its first user turn and scored with the official VQA accuracy
+against its "answers" (ten annotators), else its first assistant turn counted ten times.
+
+exit status: 0 done; 2 bad input (one line on stderr); 130 interrupted (a benchmark run resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+
+import cli
+from atomic import check_writable
+from evaluation.benchmarks import BENCHMARKS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.parser_from_doc(__doc__)
+    cli.add_model_arguments(parser)
+    parser.add_argument("--output", metavar="DIR", required=True, help="where the results go")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N questions (records)")
+    bench = parser.add_argument_group("benchmark (official formats)")
+    bench.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="which benchmark the files are")
+    bench.add_argument("--questions", metavar="FILE", action="append", type=Path, default=[],
+                       help="the official questions file (pope: one per split, repeatable; mme: the released folder)")
+    bench.add_argument("--annotations", metavar="FILE", type=Path, help="vqav2/okvqa: the official annotations file")
+    bench.add_argument("--images", metavar="DIR", type=Path, help="the folder of the benchmark's images")
+    bench.add_argument("--predictions", metavar="FILE", type=Path,
+                       help="score this results file (the benchmark's official results format) instead of asking a model")
+    bench.add_argument("--prompt-suffix", metavar="TEXT", help="replaces the benchmark's prompt suffix ('' for none)")
+    bench.add_argument("--concurrency", type=int, help="--server: parallel requests (default: generation.batch_size)")
+    data = parser.add_argument_group("merged data")
+    data.add_argument("--data", metavar="QA_JSON", help="held-out merged qa.json (images.json beside it); "
+                      "default: the config's data.eval_file")
+    cli.add_generation_arguments(parser)
+    return parser
+
+
+def run_benchmark(args: argparse.Namespace, output: Path) -> int:
+    from evaluation.benchmarks.runner import answer_all, finish
+
+    bench = BENCHMARKS[args.benchmark]()
+    if not args.questions:
+        cli.fail(f"--benchmark {bench.name} needs --questions (see --help)")
+    if "images" in bench.needs and args.images is None:
+        cli.fail(f"--benchmark {bench.name} needs --images DIR (the folder of its images)")
+    for path in [*args.questions, args.annotations, args.images, args.predictions]:
+        if path is not None and not path.exists():
+            cli.fail(f"{path}: no such file or folder")
+    loaded = bench.read(args.questions, args.annotations, args.images)
+    loaded.questions = loaded.questions[: args.limit] if args.limit is not None else loaded.questions
+    if not loaded.questions:
+        cli.fail(f"{args.questions[0]}: no usable question (skipped: {loaded.skipped})")
+    suffix = bench.prompt_suffix if args.prompt_suffix is None else args.prompt_suffix
+    if args.predictions:
+        answers = bench.read_predictions(args.predictions, loaded.questions)
+        errors: list[dict] = []
+        extra = {"predictions": str(args.predictions)}
+    else:
+        cli.check_model_arguments(args)
+        config = cli.generation_config(args)
+        settings = cli.sampling_settings(config, args)
+        predictor = cli.load_predictor(args, concurrency=args.concurrency or config.generation.batch_size)
+        with cli.on_interrupt(f"what was answered is in {output / 'predictions.jsonl'}; run the same command to resume"):
+            answers, errors = answer_all(predictor, loaded.questions, output, settings, config.generation.batch_size, suffix)
+        extra = {"checkpoint": args.checkpoint, "gguf": args.gguf, "server": args.server, "prompt_suffix": suffix,
+                 "generation": asdict(settings)}
+    metrics = finish(bench, loaded, answers, errors, output, extra)
+    headline = {k: metrics[k] for k in ("overall", "perception", "cognition") if k in metrics}
+    headline.update({f"{split} f1": row["f1"] for split, row in metrics.get("splits", {}).items()})
+    print(f"{bench.name}: {headline or 'no public answers'} on {metrics['count']} questions "
+          f"({metrics['errors']} not asked, {sum(loaded.skipped.values())} skipped while reading) -> {output}")
+    if "submission" in metrics:
+        print(f"upload {output / metrics['submission']['file']} to {metrics['submission']['upload']}")
+    return 0
+
+
+def print_summary(metrics: dict, output: Path) -> None:
+    print(
+        f"VQA accuracy {100 * metrics['vqa_accuracy']:.2f}  exact match {100 * metrics['exact_match']:.2f}  "
+        f"on {metrics['count']} questions ({metrics['errors']} errors, {metrics['skipped']} skipped) -> {output}"
+    )
+    for qtype, m in sorted(metrics["per_question_type"].items(), key=lambda kv: str(kv[0])):
+        print(f"  {qtype}: VQA accuracy {100 * m['vqa_accuracy']:.2f}  exact match {100 * m['exact_match']:.2f}  "
+              f"({m['count']})")
+
+
+@cli.entry_point
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        cli.fail(f"{output}: exists and is not a directory")
+    check_writable(output)
+    if args.benchmark:
+        return run_benchmark(args, output)
+    return run_merged(args, output)
+
+
+def run_merged(args: argparse.Namespace, output: Path) -> int:
+    from dataset.records import load_merged
+
+    cli.check_model_arguments(args)
+    config = cli.generation_config(args)
+    data = args.data or config.data.eval_file
+    if not data:
+        cli.fail("--data QA_JSON is required (or set data.eval_file in the config)")
+    if not Path(data).is_file():
+        cli.fail(f"{data}: no such data file")
+    records, images = load_merged(data)
+    if args.limit is not None:
+        records = records[: max(0, args.limit)]
+    if not records:
+        cli.fail(f"{data}: holds no records")
+    settings = cli.sampling_settings(config, args)
+    predictor = cli.load_predictor(args, concurrency=config.generation.batch_size)
+
+    from evaluation.records import evaluate_records, write_results
+
+    with cli.on_interrupt(f"nothing was written to {output}; run the same command again"):
+        predictions, metrics = evaluate_records(
+            predictor, records, images, settings, config.generation.batch_size, progress=True
+        )
+    if not predictions:
+        cli.fail(f"{data}: no record could be evaluated ({metrics['errors']} errors, {metrics['skipped']} skipped)")
+    metrics.update(checkpoint=args.checkpoint, gguf=args.gguf, server=args.server, data=str(data), generation=asdict(settings))
+    try:
+        write_results(output, predictions, metrics)
+    except OSError as exc:
+        cli.fail(f"{output}: {exc}")
+    print_summary(metrics, output)
+    return 0
+
