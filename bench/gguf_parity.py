@@ -112,42 +112,30 @@ def llama(directory: Path, items: list[dict], threads: int) -> list[dict]:
 
 
 def ours_decode(checkpoint: str, item: dict, tokens: int) -> float:
-    from inference.generation import SamplingSettings, generate
+    from bench.fixed_length import ours as fixed
     from inference.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(checkpoint, dtype="float32", device="cpu")
-    ids, mask, pixels = predictor.prepare([item["image"]], [item["question"]])
+    answer = fixed(Predictor.from_checkpoint(checkpoint, dtype="float32", device="cpu"), item["image"], item["question"])
     times = []
     for _ in range(5):
         start = time.perf_counter()
-        result = generate(predictor.model, ids, pixels, mask, SamplingSettings(max_new_tokens=tokens), (),
-                          predictor.tokenizer.pad_token_id)
+        answer(tokens)
         times.append(time.perf_counter() - start)
-        assert len(result.sequences[0]) == tokens
     return tokens / statistics.median(times)
 
 
 def llama_decode(directory: Path, item: dict, tokens: int, threads: int) -> float:
-    from llama_cpp import LogitsProcessorList
-
+    from bench.fixed_length import llama as fixed
     from inference.gguf import GGUFPredictor
-    from inference.generation import SamplingSettings
 
     predictor = GGUFPredictor(directory, threads=threads)
-    end = predictor.end_ids()
-
-    def ban_end(input_ids, scores):
-        scores[end] = -float("inf")
-        return scores
-
-    request = predictor.request(predictor.payload(item["image"], item["question"], SamplingSettings(max_new_tokens=tokens)))
+    answer = fixed(predictor, item["image"], item["question"])
     times = []
     try:
         for _ in range(6):  # the first call also sets llama.cpp's multimodal context up: not timed
             start = time.perf_counter()
-            reply = predictor.llm.create_chat_completion(**request, logits_processor=LogitsProcessorList([ban_end]))
+            answer(tokens)
             times.append(time.perf_counter() - start)
-            assert reply["usage"]["completion_tokens"] == tokens, reply["usage"]
     finally:
         predictor.close()
     return tokens / statistics.median(times[1:])

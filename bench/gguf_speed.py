@@ -77,17 +77,10 @@ def timed(run, repeats: int) -> float:
 
 
 def ours(checkpoint: Path, image: Path, dtype: str, tokens: int, repeats: int) -> tuple[float, float]:
-    from inference.generation import SamplingSettings, generate
+    from bench.fixed_length import ours as fixed
     from inference.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(checkpoint, dtype=dtype, device="cpu")
-    ids, mask, pixels = predictor.prepare([image], [QUESTION])
-
-    def answer(n):
-        result = generate(predictor.model, ids, pixels, mask, SamplingSettings(max_new_tokens=n), (),
-                          predictor.tokenizer.pad_token_id)
-        assert len(result.sequences[0]) == n
-
+    answer = fixed(Predictor.from_checkpoint(checkpoint, dtype=dtype, device="cpu"), image, QUESTION)
     answer(1)  # warm-up
     first = timed(lambda: answer(1), repeats)
     whole = timed(lambda: answer(tokens), repeats)
@@ -95,23 +88,11 @@ def ours(checkpoint: Path, image: Path, dtype: str, tokens: int, repeats: int) -
 
 
 def llama(directory: Path, image: Path, tokens: int, repeats: int, threads: int) -> tuple[float, float]:
-    from llama_cpp import LogitsProcessorList
-
-    from inference.generation import SamplingSettings
+    from bench.fixed_length import llama as fixed
     from inference.gguf import GGUFPredictor
 
     predictor = GGUFPredictor(directory, threads=threads)
-    end = predictor.end_ids()
-
-    def ban_end(input_ids, scores):
-        scores[end] = -float("inf")
-        return scores
-
-    def answer(n):
-        request = predictor.request(predictor.payload(image, QUESTION, SamplingSettings(max_new_tokens=n)))
-        reply = predictor.llm.create_chat_completion(**request, logits_processor=LogitsProcessorList([ban_end]))
-        assert reply["usage"]["completion_tokens"] == n, reply["usage"]
-
+    answer = fixed(predictor, image, QUESTION)
     try:
         answer(1)  # warm-up: also sets llama.cpp's multimodal context up
         first = timed(lambda: answer(1), repeats)
