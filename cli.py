@@ -114,6 +114,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--limit -1`` is an error, not "no records")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = DEFAULT_CONFIG) -> None:
     """``--config FILE`` and repeatable ``--set KEY=VALUE``. With ``default=None`` the config is
     ``./config.yaml`` when it exists, else the built-in defaults (see :func:`config_from_args`)."""
@@ -273,6 +284,25 @@ def load_predictor(args: argparse.Namespace, concurrency: int = 8, confidence: b
     except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
         message = one_line(exc)
         fail(message if str(Path(args.checkpoint)) in message else f"{args.checkpoint}: cannot load: {message}")
+
+
+def model_identity(args: argparse.Namespace) -> dict:
+    """Which model answers, for the ``produced_by`` record of an answers file
+    (``dataset.produced_by``), known before the model loads: a checkpoint or GGUF export by the
+    fingerprint of its files (and the dtype / quantization it is loaded with), a server by its
+    address and model name (``--model``, else the first one the server lists)."""
+    from inference import identity as model
+
+    if getattr(args, "server", None):
+        from inference.remote import RemotePredictor
+
+        remote = RemotePredictor(args.server, args.model, timeout=args.timeout, api_key=args.api_key)
+        return {"server": remote.base, "model": remote.model_name()}
+    if getattr(args, "gguf", None):
+        return model.gguf_identity(args.gguf)
+    identity = model.checkpoint_identity(args.checkpoint)
+    identity.update(dtype=args.dtype, quantize=quantize_override(args))
+    return identity
 
 
 def text_argument(value: str, flag: str) -> str:

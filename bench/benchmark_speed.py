@@ -83,7 +83,8 @@ def main() -> int:
             for name, (predictor, batch) in runs.items():
                 out = work / f"out-{repeat}-{name.replace(' ', '').replace(',', '')}"
                 start = time.perf_counter()
-                answers, _ = answer_all(predictor, questions, out, settings, batch, SHORT_ANSWER)
+                produced_by = {"bench": name, "generation": {"max_new_tokens": settings.max_new_tokens}}
+                answers, _ = answer_all(predictor, questions, out, settings, batch, SHORT_ANSWER, produced_by)
                 elapsed = time.perf_counter() - start
                 assert len(answers) == len(questions)
                 if repeat:

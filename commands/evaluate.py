@@ -6,7 +6,7 @@ examples:
       --annotations v2_mscoco_val2014_annotations.json --images coco/val2014 --output eval/vqav2
   python evaluate.py --server http://localhost:8000 --benchmark pope --questions coco_pope_random.json \
       --questions coco_pope_popular.json --questions coco_pope_adversarial.json --images coco/val2014 --output eval/pope
-  # score an existing results file in the benchmark's official results format, no model
+  # score an existing results file in the benchmark's official results format: no model, no images
   python evaluate.py --benchmark vqav2 --questions Q.json --annotations A.json --predictions results.json --output eval/v
   # held-out merged data (process_image.py's qa.json); --gguf: a GGUF export, through llama.cpp
   python evaluate.py --checkpoint checkpoints/run --data data/merged_eval/qa.json --output eval/
@@ -15,13 +15,19 @@ examples:
 benchmarks: vqav2, okvqa (VQA questions + annotations JSON, COCO images), vizwiz (val/test JSON),
 textvqa (TextVQA JSON), gqa (balanced questions JSON), pope (one JSONL per split), mme (the
 released folder as --questions). Each uses LLaVA-1.5's prompt suffix for it (--prompt-suffix
-replaces it) and its official metric; see docs/benchmarks.md.
+replaces it) and is scored exactly as its official evaluation code scores the same results file;
+docs/benchmarks.md names that code and its quirks. A results file (or a run) must answer exactly the
+benchmark's questions, as the official tools insist; --allow-partial scores what is answered and
+records the coverage.
 
 files written into --output (a benchmark):
-  predictions.jsonl  one line per question as it is answered; a re-run resumes and never asks a
-                     question twice
+  predictions.jsonl  first line: what produced the answers (benchmark, the model's fingerprint or
+                     server + model name, prompt suffix, generation settings); then one line per
+                     question as it is answered. A re-run with the same of all that resumes and
+                     never asks a question twice; with anything else it stops and says what differs
+                     (--overwrite starts again)
   metrics.json       the official numbers (e.g. VQAv2: overall, perQuestionType, perAnswerType),
-                     what was skipped and why, the settings
+                     the coverage, what was skipped and why, what produced the answers
   report.md, per_type.png   tables and a bar chart per question/answer type
   <name>_results.json       for a split without public answers: the file its evaluation server
                             accepts (metrics.json says where to upload it)
@@ -30,7 +36,8 @@ files written into --output (merged data), atomically, together:
   predictions.jsonl  id, image_id, question, prediction, answers, question_type, confidence,
                      vqa_accuracy, exact_match per record
   metrics.json       vqa_accuracy, exact_match, count, per_question_type, per_answer_type,
-                     errors, skipped, the checkpoint, data and generation settings
+                     errors, skipped, the checkpoint, data and generation settings, and
+                     produced_by (the model's fingerprint or server + model name)
 A merged record is answered on its first user turn and scored with the official VQA accuracy
 against its "answers" (ten annotators), else its first assistant turn counted ten times.
 
@@ -52,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser_from_doc(__doc__)
     cli.add_model_arguments(parser)
     parser.add_argument("--output", metavar="DIR", required=True, help="where the results go")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N questions (records)")
+    parser.add_argument("--limit", type=cli.positive_int, metavar="N", help="evaluate only the first N questions (records)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="benchmark: score a results file (or a run) that does not answer every question, "
+                             "and record its coverage (default: refuse, as the official evaluation does)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="benchmark: start predictions.jsonl again instead of resuming (needed when it was "
+                             "written by another model or other settings)")
     bench = parser.add_argument_group("benchmark (official formats)")
     bench.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="which benchmark the files are")
     bench.add_argument("--questions", metavar="FILE", action="append", type=Path, default=[],
@@ -71,41 +84,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_benchmark(args: argparse.Namespace, output: Path) -> int:
-    from evaluation.benchmarks.runner import answer_all, finish
+    from dataset.produced_by import start_or_resume
+    from evaluation.benchmarks.runner import PREDICTIONS, answer_all, coverage, finish
 
     bench = BENCHMARKS[args.benchmark]()
     if not args.questions:
         cli.fail(f"--benchmark {bench.name} needs --questions (see --help)")
-    if "images" in bench.needs and args.images is None:
-        cli.fail(f"--benchmark {bench.name} needs --images DIR (the folder of its images)")
-    for path in [*args.questions, args.annotations, args.images, args.predictions]:
+    scoring_a_file = args.predictions is not None
+    if "images" in bench.needs and args.images is None and not scoring_a_file:
+        cli.fail(f"--benchmark {bench.name} needs --images DIR (the folder of its images) to ask a model; "
+                 "scoring a results file (--predictions) needs none")
+    images = None if scoring_a_file else args.images
+    for path in [*args.questions, args.annotations, images, args.predictions]:
         if path is not None and not path.exists():
             cli.fail(f"{path}: no such file or folder")
-    loaded = bench.read(args.questions, args.annotations, args.images)
-    loaded.questions = loaded.questions[: args.limit] if args.limit is not None else loaded.questions
+    loaded = bench.read(args.questions, args.annotations, images)
     if not loaded.questions:
         cli.fail(f"{args.questions[0]}: no usable question (skipped: {loaded.skipped})")
+    questions = loaded.questions[: args.limit] if args.limit is not None else loaded.questions
     suffix = bench.prompt_suffix if args.prompt_suffix is None else args.prompt_suffix
-    if args.predictions:
+    if scoring_a_file:
         answers = bench.read_predictions(args.predictions, loaded.questions)
         errors: list[dict] = []
+        cover = coverage(loaded, questions, answers, args.limit)
         extra = {"predictions": str(args.predictions)}
+        source = str(args.predictions)
     else:
         cli.check_model_arguments(args)
         config = cli.generation_config(args)
         settings = cli.sampling_settings(config, args)
+        produced_by = {"benchmark": bench.name, "model": cli.model_identity(args),
+                       "prompt_suffix": suffix, "generation": asdict(settings)}
+        # Refuse to mix answers of another run before the model loads; --overwrite starts again.
+        start_or_resume(output / PREDICTIONS, produced_by, overwrite=args.overwrite)
         predictor = cli.load_predictor(args, concurrency=args.concurrency or config.generation.batch_size)
-        with cli.on_interrupt(f"what was answered is in {output / 'predictions.jsonl'}; run the same command to resume"):
-            answers, errors = answer_all(predictor, loaded.questions, output, settings, config.generation.batch_size, suffix)
-        extra = {"checkpoint": args.checkpoint, "gguf": args.gguf, "server": args.server, "prompt_suffix": suffix,
-                 "generation": asdict(settings)}
-    metrics = finish(bench, loaded, answers, errors, output, extra)
-    headline = {k: metrics[k] for k in ("overall", "perception", "cognition") if k in metrics}
-    headline.update({f"{split} f1": row["f1"] for split, row in metrics.get("splits", {}).items()})
-    print(f"{bench.name}: {headline or 'no public answers'} on {metrics['count']} questions "
-          f"({metrics['errors']} not asked, {sum(loaded.skipped.values())} skipped while reading) -> {output}")
+        with cli.on_interrupt(f"what was answered is in {output / PREDICTIONS}; run the same command to resume"):
+            replies, errors = answer_all(predictor, questions, output, settings, config.generation.batch_size, suffix,
+                                         produced_by)
+        answers = {qid: bench.results_answer(reply) for qid, reply in replies.items()}
+        cover = coverage(loaded, questions, answers, args.limit, not_asked=len(errors))
+        extra = {"produced_by": produced_by}
+        source = str(output / PREDICTIONS)
+    metrics = finish(bench, loaded, questions, answers, errors, output, extra, cover,
+                     allow_partial=args.allow_partial, source=source)
+    partial = "" if cover.complete else f" -- PARTIAL: {cover.describe()}"
+    print(f"{bench.name}: {bench.headline(metrics)} on {metrics['count']} questions "
+          f"({metrics['errors']} not asked, {sum(loaded.skipped.values())} skipped while reading){partial} -> {output}")
     if "submission" in metrics:
-        print(f"upload {output / metrics['submission']['file']} to {metrics['submission']['upload']}")
+        print(f"wrote {output / metrics['submission']['file']} with {metrics['submission']['answers']} answers; "
+              f"upload it to {metrics['submission']['upload']}")
     return 0
 
 
@@ -143,10 +170,11 @@ def run_merged(args: argparse.Namespace, output: Path) -> int:
         cli.fail(f"{data}: no such data file")
     records, images = load_merged(data)
     if args.limit is not None:
-        records = records[: max(0, args.limit)]
+        records = records[: args.limit]
     if not records:
         cli.fail(f"{data}: holds no records")
     settings = cli.sampling_settings(config, args)
+    identity = cli.model_identity(args)
     predictor = cli.load_predictor(args, concurrency=config.generation.batch_size)
 
     from evaluation.records import evaluate_records, write_results
@@ -157,7 +185,8 @@ def run_merged(args: argparse.Namespace, output: Path) -> int:
         )
     if not predictions:
         cli.fail(f"{data}: no record could be evaluated ({metrics['errors']} errors, {metrics['skipped']} skipped)")
-    metrics.update(checkpoint=args.checkpoint, gguf=args.gguf, server=args.server, data=str(data), generation=asdict(settings))
+    metrics.update(checkpoint=args.checkpoint, gguf=args.gguf, server=args.server, data=str(data), generation=asdict(settings),
+                   produced_by={"model": identity, "generation": asdict(settings)})
     try:
         write_results(output, predictions, metrics)
     except OSError as exc:

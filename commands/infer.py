@@ -27,9 +27,14 @@ batch output (--output FILE.jsonl), one line per image (or per record of a merge
 confidence is the mean log-probability of the answer's tokens; review is true (and flags says why)
 when it is below generation.review_threshold (low_confidence), when the answer holds one of
 generation.review_words (hedge:WORD), is empty, or is longer than generation.review_max_chars
-(too_long). Review the flagged answers with: python gui.py --review out.jsonl Lines are appended and fsynced batch by batch; re-running the same
-command skips what the file already answers (and repairs a last line cut off by a crash), so an
-interrupted run is resumed by running it again. Errors are retried with --retry-errors.
+(too_long). Review the flagged answers with: python gui.py --review out.jsonl
+
+The file's first line records what produced its answers ({"produced_by": {"model": ...,
+"generation": ...}}: a checkpoint's or GGUF export's fingerprint, or the server and model name).
+Lines are appended and fsynced batch by batch; re-running the same command skips what the file
+already answers (and repairs a last line cut off by a crash), so an interrupted run is resumed by
+running it again. A re-run with another model or other generation settings stops with one line
+saying what differs (--overwrite starts the file again). Errors are retried with --retry-errors.
 
 exit status: 0 done; 2 bad input (a missing or unreadable image, a folder without images, an empty
 question, a directory that is not a checkpoint), with one line on stderr; 130 interrupted.
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import cli
@@ -93,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the question (with --images DIR: asked of every image; with qa.json: replaces the records')")
     inputs.add_argument("--output", metavar="FILE.jsonl", help="batch output, appended to and resumed from")
     inputs.add_argument("--retry-errors", action="store_true", help="batch: ask again where the output holds an error")
+    inputs.add_argument("--overwrite", action="store_true",
+                        help="batch: start --output again instead of resuming (needed when it was written by "
+                             "another model or other generation settings)")
     inputs.add_argument("--review-threshold", type=cli.finite_float,
                         help="generation.review_threshold: flag answers whose confidence is below it")
     cli.add_generation_arguments(parser)
@@ -130,6 +139,7 @@ def ask_one_image(args: argparse.Namespace, config) -> int:
 
 def answer_batch(args: argparse.Namespace, config) -> int:
     from atomic import check_writable
+    from dataset.produced_by import start_or_resume
     from inference.batch import collect_items, run_batch
 
     from inference.flags import ReviewRules
@@ -141,10 +151,13 @@ def answer_batch(args: argparse.Namespace, config) -> int:
         cli.fail(f"{output}: is a directory; --output takes a .jsonl file")
     check_writable(output)
     settings = cli.sampling_settings(config, args)
+    produced_by = {"model": cli.model_identity(args), "generation": asdict(settings)}
+    # Refuse to mix answers of another model or settings before the model loads.
+    start_or_resume(output, produced_by, overwrite=args.overwrite)
     predictor = cli.load_predictor(args, concurrency=config.generation.batch_size, confidence=True)
     try:
         counts = run_batch(predictor, items, output, settings, config.generation.batch_size, rules,
-                           args.retry_errors)
+                           args.retry_errors, produced_by=produced_by)
     except KeyboardInterrupt:
         print(f"\ninterrupted: what was answered is in {output}; run the same command again to resume",
               file=sys.stderr)

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dataset.jsonl import append_lines, repair_jsonl
+from dataset.produced_by import is_header
 from errors import UserError, one_line
 
 LOG_VERSION = 1
@@ -129,6 +130,8 @@ def read_answers(path: str | Path) -> Answers:
             continue
         if not isinstance(entry, dict):
             problems.append((number, "invalid_json", f"not a JSON object: {type(entry).__name__}"))
+            continue
+        if number == 1 and is_header(entry):  # what produced the answers (dataset.produced_by)
             continue
         if "answer" not in entry:
             if "error" in entry:

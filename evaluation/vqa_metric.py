@@ -96,8 +96,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
+    "CONTRACTIONS",
     "OFFICIAL_SOURCE",
+    "clean_whitespace",
+    "evalai_normalize",
     "exact_match",
+    "leave_one_out_accuracy",
     "normalize_answer",
     "process_digit_article",
     "process_punctuation",
@@ -133,7 +137,7 @@ _ARTICLES = frozenset({"a", "an", "the"})
 # vqaEval.py:L21-L42 (120 entries), re-ordered alphabetically.  The four keys with
 # capitals can never match (tokens are lower-cased first) but are kept for
 # fidelity; note the reversed entry "somebody'd" -> "somebodyd" (Q9).
-_CONTRACTIONS: dict[str, str] = {
+CONTRACTIONS: dict[str, str] = {
     "'ow'sat": "'ow's'at", "'ows'at": "'ow's'at", "I'dve": "I'd've", "Id've": "I'd've",
     "Im": "I'm", "Ive": "I've", "aint": "ain't", "arent": "aren't", "cant": "can't",
     "couldn'tve": "couldn't've", "couldnt": "couldn't", "couldnt've": "couldn't've",
@@ -177,7 +181,7 @@ def _check_str(value: object, what: str) -> str:
     return value
 
 
-def _clean_whitespace(text: str) -> str:
+def clean_whitespace(text: str) -> str:
     """Always-applied cleanup, vqaEval.py:L88-L90 (answers) and L92-L94 (prediction).
 
     Only ``'\\n'`` and ``'\\t'`` become spaces; other whitespace (``'\\r'``, ...)
@@ -207,13 +211,14 @@ def process_punctuation(text: str) -> str:
     return _STRIPPABLE_PERIOD.sub("", out, count=_MAX_PERIODS_STRIPPED)
 
 
-def process_digit_article(text: str) -> str:
+def process_digit_article(text: str, contractions: Mapping[str, str] = CONTRACTIONS) -> str:
     """Official ``processDigitArticle`` (vqaEval.py:L142-L155); see quirk Q9.
 
     Lower-case (L144, the only case folding in the official code), split on
     whitespace, map number words ``none``/``zero``..``ten`` (L146), drop
     articles (L147), map apostrophe-less contractions (L151-L153), join with
-    single spaces (L154).
+    single spaces (L154). ``contractions``: the VizWiz API has its own table
+    (``evaluation.vizwiz_metric``).
     """
     _check_str(text, "text")
     words = []
@@ -221,7 +226,7 @@ def process_digit_article(text: str) -> str:
         word = _NUMBER_WORDS.get(word, word)
         if word in _ARTICLES:
             continue
-        words.append(_CONTRACTIONS.get(word, word))
+        words.append(contractions.get(word, word))
     return " ".join(words)
 
 
@@ -237,7 +242,7 @@ def normalize_answer(text: str) -> str:
     Note that :func:`vqa_accuracy` applies this only when the ground-truth
     answers are not all identical (quirk Q1).
     """
-    return process_digit_article(process_punctuation(_clean_whitespace(_check_str(text, "text"))))
+    return process_digit_article(process_punctuation(clean_whitespace(_check_str(text, "text"))))
 
 
 def _answers_list(answers: object) -> list[str]:
@@ -271,8 +276,8 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     number of answers is accepted and iterated over like the official code; a
     single answer always scores 0.0, an empty list raises ``ValueError`` (Q4).
     """
-    gts = [_clean_whitespace(a) for a in _answers_list(answers)]
-    pred = _clean_whitespace(_check_str(prediction, "prediction"))
+    gts = [clean_whitespace(a) for a in _answers_list(answers)]
+    pred = clean_whitespace(_check_str(prediction, "prediction"))
     if len(set(gts)) > 1:
         gts = [process_digit_article(process_punctuation(a)) for a in gts]
         pred = process_digit_article(process_punctuation(pred))

@@ -1,10 +1,11 @@
 """Batch pre-annotation: answer a folder of images or a merged ``qa.json`` into a resumable JSONL.
 
-One line per item, appended and fsynced batch by batch. A re-run skips what the file already
-answers (by record id, or by image path and question), repairs a last line cut off by a crash,
-and retries errors only when asked. ``confidence`` is the answer's mean token log-probability;
-``review`` marks the answers a person should check and ``flags`` says which rules fired
-(``inference.flags``).
+The first line records what produced the answers (``dataset.produced_by``); a re-run appends only
+when it is the same model with the same settings. One line per item, appended and fsynced batch by
+batch. A re-run skips what the file already answers (by record id, or by image path and question),
+repairs a last line cut off by a crash, and retries errors only when asked. ``confidence`` is the
+answer's mean token log-probability; ``review`` marks the answers a person should check and
+``flags`` says which rules fired (``inference.flags``).
 """
 
 from __future__ import annotations
@@ -130,14 +131,17 @@ def answer_entry(item: Item, text: str, confidence: float | None, rules: ReviewR
 
 
 def run_batch(predictor, items: list[Item], output: Path, settings, batch_size: int, rules: ReviewRules,
-              retry_errors: bool = False) -> dict:
-    """Answer every item not yet in ``output``; returns counts."""
+              retry_errors: bool = False, *, produced_by: dict, overwrite: bool = False) -> dict:
+    """Answer every item not yet in ``output`` (started by the same ``produced_by``, unless
+    ``overwrite``); returns counts."""
     from tqdm import tqdm
 
+    from dataset.produced_by import start_or_resume
     from visual.preprocess import load_image
 
     output.parent.mkdir(parents=True, exist_ok=True)
     dropped = repair_jsonl(output)
+    start_or_resume(output, produced_by, overwrite)
     if dropped:
         print(f"note: {output}: dropped a truncated last line ({dropped} bytes) left by an interrupted run",
               file=sys.stderr)

@@ -141,7 +141,8 @@ def test_infer_answers_with_the_gguf_export(exports, taught, tmp_path, capsys):
     folder = images["red"].parent
     assert infer.main(["--gguf", str(directory / "model-f32.gguf"), "--images", str(folder), "--question", QUESTION,
                        "--output", str(output)]) == 0
-    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    header, *lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert header["produced_by"]["model"]["gguf"] == str((directory / "model-f32.gguf").resolve())
     assert {Path(r["image"]).stem: r["answer"] for r in lines} == ANSWERS
     assert all(r["confidence"] is not None and -0.5 < r["confidence"] <= 0 for r in lines), lines
 

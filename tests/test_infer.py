@@ -55,7 +55,10 @@ def run_cli(*args, cwd, stdin=None, timeout=300):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """The answer lines of a batch output, after its first line (what produced them)."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert set(lines[0]) == {"produced_by"}, lines[0]
+    return lines[1:]
 
 
 # -- streaming ---------------------------------------------------------------------------------
@@ -132,6 +135,41 @@ def test_batch_jsonl_answers_flags_resumes_and_repairs(predictor, trained, loade
     assert infer.main(in_process + ["--retry-errors"]) == 0
     final = read_jsonl(out)
     assert len(final) == 5 and "error" in final[-1] and Path(final[-1]["image"]).name == "broken.png"
+
+
+def test_batch_resumes_only_answers_of_the_same_model_and_settings(trained, tmp_path, capsys):
+    """The first line records the checkpoint's fingerprint and the generation settings; a re-run
+    with other settings, another checkpoint or a file without that record is refused before the
+    model loads, and --overwrite starts again."""
+    import shutil
+
+    out = tmp_path / "answers.jsonl"
+    args = ["--checkpoint", str(trained.checkpoint), "--images", str(trained.images / "sub"), "--question", QUESTION,
+            "--output", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    assert infer.main(args) == 0
+    capsys.readouterr()
+    header = json.loads(out.read_text(encoding="utf-8").splitlines()[0])["produced_by"]
+    assert header["model"]["fingerprint"].startswith("sha256:")
+    assert header["model"]["checkpoint"] == str(trained.checkpoint.resolve())
+    assert header["generation"]["max_new_tokens"] == MAX_NEW_TOKENS
+    before = out.read_bytes()
+    other = tmp_path / "other"
+    shutil.copytree(trained.checkpoint, other)
+    (other / "config.json").write_text((other / "config.json").read_text() + "\n")  # another file: another model
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text(json.dumps({"image": str(trained.red), "question": QUESTION, "answer": "red"}) + "\n")
+    for changed, message in ((args[:-1] + ["9"], "generation.max_new_tokens: 8 -> 9"),
+                             (["--checkpoint", str(other), *args[2:]], "model.fingerprint"),
+                             (args[:-3] + [str(legacy), *args[-2:]], "without a record of the model")):
+        with pytest.raises(SystemExit) as exc:
+            infer.main(changed)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert out.read_bytes() == before
+    assert infer.main(args[:-1] + ["9", "--overwrite"]) == 0
+    assert json.loads(out.read_text(encoding="utf-8").splitlines()[0])["produced_by"]["generation"]["max_new_tokens"] == 9
+    assert len(read_jsonl(out)) == 1  # started again: the one image of sub/ answered once
 
 
 def test_batch_over_a_merged_qa_json_uses_each_records_question(predictor, trained, loaded, tmp_path):

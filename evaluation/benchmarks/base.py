@@ -1,10 +1,13 @@
 """What every benchmark module provides, and the pieces they share.
 
-A benchmark reads its official files as they are downloaded into :class:`Question` s, scores a
-``{question id: answer}`` mapping by its official definition, writes the file its evaluation
-server accepts (when the split has no public answers), and reads results files in its official
-format (``evaluate.py --predictions``). The runner (``evaluation.benchmarks.runner``) does the rest:
-asking the model, resuming, writing ``metrics.json``, ``report.md`` and the plot.
+A benchmark reads its official files as they are downloaded into :class:`Question` s, turns a
+model's reply into the answer its results file holds (``results_answer``: the clean-up LLaVA's
+conversion scripts apply when they write that file), scores a results file's ``{question id:
+answer}`` exactly as its official evaluation code does (no clean-up the official code does not do),
+writes the file its evaluation server accepts (when the split has no public answers), and reads
+results files in its official format (``evaluate.py --predictions``). The runner
+(``evaluation.benchmarks.runner``) does the rest: asking the model, resuming, coverage, writing
+``metrics.json``, ``report.md`` and the plot.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class Question:
     """One question of a benchmark. ``truth`` is None when the split has no public answers."""
 
     qid: str
-    image: Path
+    image: Path | None  # None when scoring a results file (no images needed)
     question: str
     truth: Any = None
     # What the metrics break down by (question_type, answer_type, split, subtask, ...).
@@ -53,20 +56,25 @@ class Loaded:
     questions: list[Question]
     skipped: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
+    # How many of the skips were questions of the benchmark (not, say, an annotation for no question):
+    # a score without them does not cover the benchmark.
+    skipped_questions: int = 0
     _ids: set[str] = field(default_factory=set, repr=False)
 
-    def skip(self, reason: str, example: str) -> None:
+    def skip(self, reason: str, example: str, question: bool = True) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.skipped_questions += question
         if len(self.examples) < 5:
             self.examples.append(f"{reason}: {example}")
 
-    def admit(self, qid: str, image: Path) -> bool:
-        """Whether a question can be used: a repeated id or a missing image file is a counted skip."""
+    def admit(self, qid: str, image: Path | None) -> bool:
+        """Whether a question can be used: a repeated id or a missing image file is a counted skip
+        (``image`` None: no images are read, as when scoring a results file)."""
         if qid in self._ids:
             self.skip("duplicate_question_id", qid)
             return False
         self._ids.add(qid)
-        if not image.is_file():
+        if image is not None and not image.is_file():
             self.skip("missing_image", str(image))
             return False
         return True
@@ -84,8 +92,17 @@ class Benchmark:
     def read(self, questions: Sequence[Path], annotations: Path | None, images: Path | None) -> Loaded:
         raise NotImplementedError
 
+    def results_answer(self, reply: str) -> str:
+        """A model's reply as it is written into the official results file (and so scored)."""
+        return reply
+
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
+        """The official metrics of a results file's answers (``{qid: answer}``) to ``questions``."""
         raise NotImplementedError
+
+    def headline(self, metrics: Mapping) -> str:
+        """The numbers printed on stdout, formatted as the official code prints them."""
+        return f"overall {metrics['overall']}" if "overall" in metrics else "no public answers"
 
     def submission(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Submission | None:
         return None
@@ -132,15 +149,31 @@ def by_key(rows: Any, path: Path, key: str, value: str) -> dict[str, str]:
     return answers
 
 
+def is_int(value: Any) -> bool:
+    """An integer id as the official formats write it (JSON number, not a bool or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def percent(values: Sequence[float]) -> float:
-    """``round(100 * mean, 2)``, how the official VQA evaluation reports an accuracy."""
-    return round(100 * sum(values) / len(values), 2) if values else 0.0
+    """``round(100 * sum / n, 2)``: the official VQA evaluation's ``setAccuracy`` (and the VizWiz
+    API's), in that order -- ``100 * sum`` first, then the division."""
+    return round(100 * float(sum(values)) / len(values), 2) if values else 0.0
 
 
-def breakdown(questions: Sequence[Question], scores: Mapping[str, float], key: str) -> dict[str, float]:
-    """Per value of ``group[key]``: the percent accuracy of the questions that have it."""
+def percent_of_mean(values: Sequence[float]) -> float:
+    """``100 * (sum / n)`` rounded to 2 decimals: the mean first (GQA's ``eval.py`` prints
+    ``avg(l) * 100`` with ``{:.2f}``; LLaVA's TextVQA evaluation ``100. * accuracy`` likewise). The
+    order matters: ``100 * s / n`` and ``100 * (s / n)`` can differ in the last bit, which decides
+    a rounding tie (23 right of 160: 14.38 one way, 14.37 the other)."""
+    return round(100 * (float(sum(values)) / len(values)), 2) if values else 0.0
+
+
+def breakdown(questions: Sequence[Question], scores: Mapping[str, float], key: str,
+              rate=percent) -> dict[str, float]:
+    """Per value of ``group[key]``: ``rate`` of the scores of the questions that have it, summed in
+    question order."""
     groups: dict[str, list[float]] = {}
     for q in questions:
         if q.qid in scores and key in q.group:
             groups.setdefault(q.group[key], []).append(scores[q.qid])
-    return {name: percent(values) for name, values in sorted(groups.items())}
+    return {name: rate(values) for name, values in sorted(groups.items())}

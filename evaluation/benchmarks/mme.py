@@ -5,12 +5,15 @@ subtask; either ``<task>/images/*`` + ``<task>/questions_answers_YN/*.txt`` or t
 ``.txt`` files side by side in ``<task>/``. Each ``.txt`` is named after its image and holds two
 lines ``question<TAB>Yes|No``.
 
-Scored as the official ``eval_tool/calculation.py``: an answer is yes/no when it is exactly that,
-else by whether its first 4 characters contain "yes" (then "no"), else it is wrong; per subtask
-``acc`` (questions right, %), ``acc+`` (images with both questions right, %) and their sum as the
-score; perception = the sum of the 10 perception subtasks' scores (max 2000), cognition of the 4
-cognition subtasks (max 800). Results files are the official tool's layout: a folder of
-``<task>.txt`` with ``image<TAB>question<TAB>truth<TAB>answer`` lines.
+Scored as the official ``eval_tool/calculation.py`` (https://github.com/BradyFU/Awesome-Multimodal-
+Large-Language-Models, Evaluation branch): an answer is yes/no when it is exactly that (lower-cased),
+else by whether its first 4 characters contain "yes" (then "no"), else it is "other" and wrong; per
+subtask ``acc`` = ``right / total * 100`` and ``acc_plus`` = ``images with both right / images *
+100``, the subtask score their sum, perception = the sum of the 10 perception subtasks' scores
+(max 2000), cognition of the 4 cognition subtasks (max 800), added in calculation.py's order.
+Nothing is rounded: calculation.py prints the unrounded sums (``total score: 1510.7071428571428``),
+and so do we. Results files are the official tool's layout: a folder of ``<task>.txt`` with
+``image<TAB>question<TAB>truth<TAB>answer`` lines.
 """
 
 from __future__ import annotations
@@ -90,13 +93,17 @@ class MME(Benchmark):
             t["images"].setdefault(q.group["image"], []).append(right)
         per_task = {}
         for name, t in sorted(tasks.items()):
-            acc = 100 * t["right"] / t["total"]
-            acc_plus = 100 * sum(all(v) for v in t["images"].values()) / len(t["images"])
-            per_task[name] = {"acc": round(acc, 2), "acc_plus": round(acc_plus, 2), "score": round(acc + acc_plus, 2),
-                              "count": t["total"]}
-        total = {group: round(sum(per_task[n]["score"] for n in names if n in per_task), 2)
+            # calculation.py: acc = accuracy_score (right / total), acc_plus = pairs right / images, and
+            # task_score = 0 + acc * 100 + acc_plus * 100 -- in that order, unrounded.
+            acc, acc_plus = t["right"] / t["total"] * 100, sum(all(v) for v in t["images"].values()) / len(t["images"]) * 100
+            per_task[name] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "count": t["total"]}
+        total = {group: sum(per_task[n]["score"] for n in names if n in per_task)
                  for group, names in (("perception", PERCEPTION), ("cognition", COGNITION))}
         return {**total, "subtasks": per_task, "count": sum(t["count"] for t in per_task.values())}
+
+    def headline(self, metrics: Mapping) -> str:
+        """calculation.py's ``total score:`` lines (unrounded)."""
+        return f"perception total score: {metrics['perception']!r}, cognition total score: {metrics['cognition']!r}"
 
     def read_predictions(self, path: Path, questions: Sequence[Question]) -> dict[str, str]:
         if not path.is_dir():
@@ -110,8 +117,9 @@ class MME(Benchmark):
                     continue
                 if len(fields) != 4:
                     raise BenchmarkError(f"{txt}: line {n + 1} needs image, question, truth, answer (tab-separated)")
-                qid = by_text.get((txt.stem, fields[0], fields[1].strip()))
-                if qid is None:
-                    raise BenchmarkError(f"{txt}: line {n + 1}: no such question in the benchmark: {fields[1][:60]}")
+                # A line for no question of the benchmark keeps a key of its own, so it counts as unknown.
+                qid = by_text.get((txt.stem, fields[0], fields[1].strip()), f"{txt.name} line {n + 1}")
+                if qid in answers:
+                    raise BenchmarkError(f"{txt}: line {n + 1}: question {qid} appears twice")
                 answers[qid] = fields[3]
         return answers

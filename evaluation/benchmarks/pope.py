@@ -4,9 +4,14 @@ Files as published (https://github.com/RUCAIBox/POPE, ``output/coco/coco_pope_{r
 adversarial}.json``): JSON lines ``{"question_id", "image", "text", "label": "yes"|"no"}``; give one
 ``--questions`` per split (the split is named after the file). Images: ``<images>/<image>`` (COCO val2014).
 
-The answer is read as LLaVA's POPE evaluation does (first sentence; "no"/"No"/"not" among its words
--> no, else yes) and scored per split with "yes" as the positive class: accuracy, precision,
-recall, F1 and the share of "yes" answers, each in percent with 2 decimals.
+Scored per split as LLaVA's ``llava/eval/eval_pope.py``: the answer read as it reads it (first
+sentence; "no"/"No"/"not" among its words -> no, else yes), "yes" as the positive class, and
+accuracy, precision, recall, F1 (from the *unrounded* precision and recall) and the share of "yes"
+answers as unrounded fractions -- the numbers eval_pope.py prints on its ``Accuracy: ...`` lines.
+The summary printed is its last line, ``'%.3f, %.3f, %.3f, %.3f, %.3f' % (f1, acc, precision,
+recall, yes_ratio)``. Where eval_pope.py divides by zero (no "yes" answer, or no "yes" label), the
+value is ``None``. Labels must be exactly ``yes`` or ``no`` (eval_pope.py would count any other
+label as yes).
 """
 
 from __future__ import annotations
@@ -31,8 +36,22 @@ def split_name(path: Path) -> str:
     return match.group(1) if match else path.stem
 
 
-def _rate(numerator: int, denominator: int) -> float:
-    return round(100 * numerator / denominator, 2) if denominator else 0.0
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def pope_metrics(tp: int, fp: int, tn: int, fn: int) -> dict:
+    """eval_pope.py's numbers for one split's counts, unrounded."""
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = 2 * precision * recall / (precision + recall) if precision is not None and recall is not None \
+        and precision + recall else None
+    total = tp + fp + tn + fn
+    return {"accuracy": _ratio(tp + tn, total), "precision": precision, "recall": recall, "f1": f1,
+            "yes_ratio": _ratio(tp + fp, total), "count": total, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def _three(value: float | None) -> str:
+    return "undefined" if value is None else "%.3f" % value
 
 
 class POPE(Benchmark):
@@ -47,12 +66,12 @@ class POPE(Benchmark):
                 if not isinstance(q, dict) or not {"question_id", "image", "text"} <= set(q):
                     loaded.skip("malformed_question", f"{path} line {n + 1}")
                     continue
-                image = images / str(q["image"])
+                image = images / str(q["image"]) if images is not None else None
                 if not loaded.admit(f"{split}/{q['question_id']}", image):
                     continue
-                label = str(q["label"]).strip().lower() if "label" in q else None
+                label = q.get("label")
                 if label not in (None, "yes", "no"):
-                    raise BenchmarkError(f"{path}: line {n + 1}: label must be yes or no, got {q['label']!r}")
+                    raise BenchmarkError(f"{path}: line {n + 1}: label must be \"yes\" or \"no\", got {label!r}")
                 loaded.questions.append(Question(f"{split}/{q['question_id']}", image, str(q["text"]), label,
                                                  {"split": split}))
         return loaded
@@ -66,16 +85,14 @@ class POPE(Benchmark):
             predicted_yes = pope_answer(answers[q.qid]) == "yes"
             truth_yes = q.truth == "yes"
             c[("t" if predicted_yes == truth_yes else "f") + ("p" if predicted_yes else "n")] += 1
-        out = {}
-        for split, c in sorted(splits.items()):
-            total = sum(c.values())
-            precision, recall = _rate(c["tp"], c["tp"] + c["fp"]), _rate(c["tp"], c["tp"] + c["fn"])
-            out[split] = {
-                "accuracy": _rate(c["tp"] + c["tn"], total), "precision": precision, "recall": recall,
-                "f1": round(2 * precision * recall / (precision + recall), 2) if precision + recall else 0.0,
-                "yes_ratio": _rate(c["tp"] + c["fp"], total), "count": total, **c,
-            }
+        out = {split: pope_metrics(**c) for split, c in sorted(splits.items())}
         return {"splits": out, "count": sum(s["count"] for s in out.values())}
+
+    def headline(self, metrics: Mapping) -> str:
+        """eval_pope.py's last line per split: f1, accuracy, precision, recall, yes ratio (%.3f)."""
+        return "; ".join(f"{split}: f1, acc, precision, recall, yes_ratio = "
+                         + ", ".join(_three(row[k]) for k in ("f1", "accuracy", "precision", "recall", "yes_ratio"))
+                         for split, row in metrics.get("splits", {}).items()) or "no public answers"
 
     def read_predictions(self, path: Path, questions: Sequence[Question]) -> dict[str, str]:
         """LLaVA's answers file: JSON lines ``{"question_id", "text"}`` (``"answer"`` accepted too;

@@ -1,11 +1,18 @@
 """Running a benchmark: ask every question once (resumably), score, write what people read.
 
-``OUTPUT/predictions.jsonl`` gets one line per question as it is answered (``{"qid", "question",
-"answer"}``, fsynced batch by batch): a re-run skips what it holds and never asks a question twice;
-a line cut off by a crash is dropped and asked again. When every question is answered (or from an
-existing results file, ``--predictions``) the answers are scored and ``metrics.json``, ``report.md``
-and ``per_type.png`` are written together and atomically; for a split without public answers the
-results file its evaluation server accepts is written instead of a score.
+``OUTPUT/predictions.jsonl`` starts with what produced its answers (``dataset.produced_by``: the
+benchmark, the model's fingerprint or server, prompt suffix, generation settings) and gets one line
+per question as it is answered (``{"qid", "question", "answer"}``, fsynced batch by batch): a re-run
+with the same ``produced_by`` skips what it holds and never asks a question twice, a re-run with
+anything else refuses to mix its answers in; a line cut off by a crash is dropped and asked again.
+
+Scoring takes a results file's answers (from ``--predictions``, or the model's replies written as
+the benchmark's results file holds them, ``Benchmark.results_answer``) and checks they cover the
+question set: like the official evaluation code, a partial file or one answering unknown questions
+is refused unless ``allow_partial``, and then the coverage is written beside every number. Then
+``metrics.json``, ``report.md`` and ``per_type.png`` are written together and atomically; for a
+split without public answers the results file its evaluation server accepts is written instead of a
+score.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from dataclasses import asdict, dataclass
+
 from atomic import write_documents
-from errors import one_line
+from errors import UserError, one_line
 from evaluation.benchmarks.base import Benchmark, Loaded, Question
+from dataset.produced_by import is_header, start_or_resume
 
 PREDICTIONS = "predictions.jsonl"
 
@@ -28,7 +38,8 @@ def ask(question: Question, suffix: str) -> str:
 
 
 def read_answers(path: Path) -> dict[str, str]:
-    """What an earlier run already answered (unreadable lines are ignored: they are asked again)."""
+    """What an earlier run already answered (its replies; unreadable lines are ignored: they are
+    asked again)."""
     from dataset.jsonl import repair_jsonl
 
     answers: dict[str, str] = {}
@@ -39,7 +50,7 @@ def read_answers(path: Path) -> dict[str, str]:
         for line in f:
             try:
                 entry = json.loads(line)
-                if isinstance(entry.get("answer"), str):
+                if not is_header(entry) and isinstance(entry.get("answer"), str):
                     answers[str(entry["qid"])] = entry["answer"]
             except (ValueError, AttributeError, KeyError, TypeError):
                 continue
@@ -47,16 +58,19 @@ def read_answers(path: Path) -> dict[str, str]:
 
 
 def answer_all(predictor, questions: Sequence[Question], output: Path, settings, batch_size: int,
-               suffix: str) -> tuple[dict[str, str], list[dict]]:
-    """Answer every question not yet in ``output/predictions.jsonl``; returns all answers and
-    the questions that could not be asked (unreadable image, too long for the model)."""
+               suffix: str, produced_by: Mapping, overwrite: bool = False) -> tuple[dict[str, str], list[dict]]:
+    """Answer every question not yet in ``output/predictions.jsonl`` (which must have been started
+    by the same ``produced_by``, unless ``overwrite``); returns the model's replies to ``questions``
+    and the questions that could not be asked (unreadable image, too long for the model)."""
     from tqdm import tqdm
 
     from dataset.jsonl import append_lines
     from visual.preprocess import load_image
 
     path = output / PREDICTIONS
-    answers = read_answers(path)
+    start_or_resume(path, produced_by, overwrite)
+    wanted = {q.qid for q in questions}
+    answers = {qid: text for qid, text in read_answers(path).items() if qid in wanted}
     pending = [q for q in questions if q.qid not in answers]
     errors: list[dict] = []
     output.mkdir(parents=True, exist_ok=True)
@@ -82,23 +96,24 @@ def answer_all(predictor, questions: Sequence[Question], output: Path, settings,
 
 
 def per_type_rows(metrics: Mapping) -> dict[str, dict[str, float]]:
-    """The breakdowns of a metrics dict worth a plot: ``{table: {type: percent}}``."""
+    """The breakdowns of a metrics dict worth a plot: ``{table: {type: value}}``."""
     tables = {}
     for key, value in metrics.items():
         if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
             tables[key] = value
         elif key in ("splits", "subtasks"):
-            field = "f1" if key == "splits" else "acc"
-            tables[f"{key} ({field})"] = {name: row[field] for name, row in value.items()}
+            field = "f1" if key == "splits" else "score"
+            tables[f"{key} ({field})"] = {name: row[field] for name, row in value.items() if row[field] is not None}
     return tables
 
 
-def report(bench: Benchmark, metrics: Mapping, loaded: Loaded, errors: list[dict]) -> str:
-    """``report.md``: the headline numbers and one table per breakdown."""
-    lines = [f"# {bench.name}", ""]
-    for key in ("overall", "perception", "cognition", "count"):
+def report(bench: Benchmark, metrics: Mapping, loaded: Loaded, errors: list[dict], cover: Coverage) -> str:
+    """``report.md``: the headline numbers, the coverage, and one table per breakdown."""
+    lines = [f"# {bench.name}", "", f"- **result**: {bench.headline(metrics)}",
+             f"- **coverage**: {cover.describe()}" + ("" if cover.complete else " -- **partial** (--allow-partial)")]
+    for key in ("overall", "binary", "open", "perception", "cognition", "count"):
         if key in metrics:
-            lines.append(f"- **{key}**: {metrics[key]}")
+            lines.append(f"- **{key}**: {metrics[key]!r}")
     if loaded.skipped:
         lines.append(f"- skipped while reading: {json.dumps(loaded.skipped)}")
     if errors:
@@ -108,10 +123,11 @@ def report(bench: Benchmark, metrics: Mapping, loaded: Loaded, errors: list[dict
         if rows:
             columns = [c for c in next(iter(rows.values())) if c not in ("tp", "fp", "tn", "fn")]
             lines += ["", f"## {key}", "", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-            lines += [f"| {name} | " + " | ".join(str(row[c]) for c in columns) + " |" for name, row in rows.items()]
-    for table, values in per_type_rows({k: v for k, v in metrics.items() if k not in ("splits", "subtasks")}).items():
+            lines += [f"| {name} | " + " | ".join(repr(row[c]) for c in columns) + " |" for name, row in rows.items()]
+    breakdowns = {k: v for k, v in metrics.items() if k not in ("splits", "subtasks", "skipped", "coverage")}
+    for table, values in per_type_rows(breakdowns).items():
         lines += ["", f"## {table}", "", "| type | accuracy |", "|---|---|"]
-        lines += [f"| {name} | {value} |" for name, value in values.items()]
+        lines += [f"| {name} | {value!r} |" for name, value in values.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +148,8 @@ def plot(tables: Mapping[str, Mapping[str, float]], title: str) -> bytes | None:
     for ax, (name, values) in zip(axes[:, 0], tables.items()):
         ax.barh(list(values), list(values.values()), color="#4c72b0")
         ax.set_title(name, fontsize=9)
-        ax.set_xlim(0, max(100.0, max(values.values())))
+        top = max(values.values())
+        ax.set_xlim(0, 1.0 if top <= 1.0 else max(100.0, top))  # fractions (POPE) or percent / MME scores
         ax.tick_params(labelsize=7)
         ax.invert_yaxis()
     fig.suptitle(title, fontsize=10)
@@ -143,16 +160,65 @@ def plot(tables: Mapping[str, Mapping[str, float]], title: str) -> bytes | None:
     return buffer.getvalue()
 
 
-def finish(bench: Benchmark, loaded: Loaded, answers: Mapping[str, str], errors: list[dict], output: Path,
-           extra: Mapping) -> dict:
-    """Score (or write the server's results file), then ``metrics.json``, ``report.md``,
-    ``per_type.png`` together and atomically. Returns the metrics."""
-    questions = loaded.questions
+@dataclass
+class Coverage:
+    """How much of the benchmark's question set a results file answers."""
+
+    questions: int  # the questions scored (the benchmark's, or the first --limit of them)
+    answered: int
+    in_benchmark: int  # usable questions read from the official files
+    skipped: int  # the benchmark's questions skipped while reading (missing image, malformed, ...)
+    unknown: int = 0  # answers to question ids the benchmark does not have (dropped)
+    unknown_example: str | None = None
+    not_asked: int = 0  # questions the model could not be asked (unreadable image, too long)
+    limit: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the answers are exactly the question set asked for (the official tools refuse anything else)."""
+        return self.answered == self.questions and not self.unknown and (not self.skipped or self.limit is not None)
+
+    def describe(self) -> str:
+        text = f"answers {self.answered} of {self.questions} questions"
+        if self.limit is not None:
+            text += f" (--limit {self.limit}: the first of the benchmark's {self.in_benchmark})"
+        parts = [text]
+        if self.not_asked:
+            parts.append(f"{self.not_asked} could not be asked")
+        if self.skipped:
+            parts.append(f"{self.skipped} of the benchmark's questions were skipped while reading")
+        if self.unknown:
+            parts.append(f"{self.unknown} answer(s) to question ids not in the benchmark (e.g. {self.unknown_example})")
+        return "; ".join(parts)
+
+
+def coverage(loaded: Loaded, questions: Sequence[Question], answers: Mapping[str, str], limit: int | None,
+             not_asked: int = 0) -> Coverage:
+    """The coverage of ``answers`` (a results file's, all of them) over ``questions`` (the set scored:
+    ``loaded.questions`` or its first ``limit``)."""
+    known = {q.qid for q in loaded.questions}
+    unknown = [qid for qid in answers if qid not in known]
+    wanted = {q.qid for q in questions}
+    return Coverage(questions=len(questions), answered=sum(qid in wanted for qid in answers),
+                    in_benchmark=len(loaded.questions), skipped=loaded.skipped_questions, unknown=len(unknown),
+                    unknown_example=unknown[0] if unknown else None, not_asked=not_asked, limit=limit)
+
+
+def finish(bench: Benchmark, loaded: Loaded, questions: Sequence[Question], answers: Mapping[str, str],
+           errors: list[dict], output: Path, extra: Mapping, cover: Coverage, allow_partial: bool = False,
+           source: str = "") -> dict:
+    """Check the coverage (a partial results file is refused unless ``allow_partial``), score (or
+    write the server's results file), then ``metrics.json``, ``report.md``, ``per_type.png``
+    together and atomically. ``answers``: results-file answers to ``questions``. Returns the metrics."""
+    if not cover.complete and not allow_partial:
+        raise UserError(f"{source}: {cover.describe()}; the official evaluation refuses a results file that does not "
+                        "answer exactly its questions (--allow-partial scores the answered ones and records the coverage)")
+    answers = {q.qid: answers[q.qid] for q in questions if q.qid in answers}
     scorable = [q for q in questions if q.truth is not None]
-    missing = sum(q.qid not in answers for q in questions)
     metrics: dict = dict(bench.score(scorable, answers)) if scorable else {"count": len(answers)}
-    metrics.update(benchmark=bench.name, questions=len(questions), unanswered=missing, skipped=loaded.skipped,
-                   skipped_examples=loaded.examples, errors=len(errors), error_examples=errors[:5], **extra)
+    metrics.update(benchmark=bench.name, coverage={**asdict(cover), "complete": cover.complete},
+                   skipped=loaded.skipped, skipped_examples=loaded.examples, errors=len(errors),
+                   error_examples=errors[:5], **extra)
     documents: dict[str, object] = {}
     if len(scorable) < len(questions):
         submission = bench.submission(questions, answers)
@@ -161,9 +227,9 @@ def finish(bench: Benchmark, loaded: Loaded, answers: Mapping[str, str], errors:
             metrics["submission"] = {"file": submission.filename, "upload": submission.upload,
                                      "answers": len(submission.content)}
     documents["metrics.json"] = [json.dumps(metrics, ensure_ascii=False, indent=1) + "\n"]
-    documents["report.md"] = [report(bench, metrics, loaded, errors)]
+    documents["report.md"] = [report(bench, metrics, loaded, errors, cover)]
     write_documents(output, documents)
-    image = plot(per_type_rows({k: v for k, v in metrics.items() if k not in ("skipped",)}), bench.name)
+    image = plot(per_type_rows({k: v for k, v in metrics.items() if k not in ("skipped", "coverage")}), bench.name)
     if image is not None:
         (output / ".per_type.png.tmp").write_bytes(image)
         (output / ".per_type.png.tmp").replace(output / "per_type.png")

@@ -4,10 +4,13 @@ File as downloaded (https://textvqa.org/dataset/): ``TextVQA_0.5.1_val.json``
 ``{"data": [{"question_id", "question", "image_id", "answers": [x 10], ...}]}`` (no answers in
 test). Images: ``<images>/<image_id>.jpg`` (``train_val_images/train_images``).
 
-Accuracy as the TextVQA evaluation server computes it (m4c's ``TextVQAAccuracyEvaluator``): EvalAI's
-answer processor on the prediction and on every answer, always, then the leave-one-out VQA score
-(``evaluation.vqa_metric.leave_one_out_accuracy``); reported ``round(100 * mean, 2)``. The test split
-goes to the EvalAI server as ``[{"question_id", "answer"}]``.
+Accuracy as m4c's ``TextVQAAccuracyEvaluator`` computes it (the TextVQA evaluation server; LLaVA's
+``eval_textvqa.py``): EvalAI's answer processor on the prediction and on every answer, always, then
+the leave-one-out VQA score (``evaluation.vqa_metric.leave_one_out_accuracy``), averaged, then
+``100. * accuracy`` printed with 2 decimals (the mean first: ``percent_of_mean``). The evaluator
+asserts exactly 10 answers per question; a question with another number is a counted skip. A
+model's reply goes into the results file through EvalAI's answer processor (as for VQAv2); the test
+split goes to the EvalAI server as ``[{"question_id", "answer"}]``.
 """
 
 from __future__ import annotations
@@ -15,13 +18,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from evaluation.benchmarks.base import Benchmark, BenchmarkError, Loaded, Question, Submission, load_json, percent
+from evaluation.benchmarks.base import (
+    Benchmark,
+    BenchmarkError,
+    Loaded,
+    Question,
+    Submission,
+    is_int,
+    load_json,
+    percent_of_mean,
+)
 from evaluation.vqa_metric import evalai_normalize, leave_one_out_accuracy
 
 
 class TextVQA(Benchmark):
     name = "textvqa"
     upload = "https://eval.ai/web/challenges/challenge-page/874 (TextVQA, test phase)"
+
+    def results_answer(self, reply: str) -> str:
+        return evalai_normalize(reply)
 
     def read(self, questions: Sequence[Path], annotations: Path | None, images: Path | None) -> Loaded:
         (path,) = questions
@@ -33,18 +48,24 @@ class TextVQA(Benchmark):
             if not isinstance(q, dict) or not {"question_id", "question", "image_id"} <= set(q):
                 loaded.skip("malformed_question", f"{path} #{n}")
                 continue
-            qid, image = str(q["question_id"]), images / f"{q['image_id']}.jpg"
+            if not is_int(q["question_id"]):
+                loaded.skip("non_integer_id", f"{path} #{n}: question_id {q['question_id']!r}")
+                continue
+            answers = q.get("answers")
+            if answers and (not isinstance(answers, list) or len(answers) != 10
+                            or not all(isinstance(a, str) for a in answers)):
+                loaded.skip("not_ten_answers", f"{path} #{n}: the evaluator needs exactly 10 answers (strings)")
+                continue
+            qid, image = str(q["question_id"]), images / f"{q['image_id']}.jpg" if images is not None else None
             if not loaded.admit(qid, image):
                 continue
-            answers = [str(a) for a in q["answers"]] if q.get("answers") else None
-            loaded.questions.append(Question(qid, image, str(q["question"]), answers))
+            loaded.questions.append(Question(qid, image, str(q["question"]), list(answers) if answers else None))
         return loaded
 
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
         scores = [leave_one_out_accuracy(answers[q.qid], q.truth) for q in questions if q.qid in answers]
-        return {"overall": percent(scores), "count": len(scores)}
+        return {"overall": percent_of_mean(scores), "count": len(scores)}
 
     def submission(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Submission:
-        content = [{"question_id": int(q.qid), "answer": evalai_normalize(answers[q.qid])}
-                   for q in questions if q.qid in answers]
+        content = [{"question_id": int(q.qid), "answer": answers[q.qid]} for q in questions if q.qid in answers]
         return Submission("textvqa_results.json", content, self.upload)

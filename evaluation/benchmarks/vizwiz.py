@@ -4,12 +4,13 @@ File as downloaded (https://vizwiz.org/tasks-and-datasets/vqa/): ``val.json`` / 
 of ``{"image": "VizWiz_val_00000000.jpg", "question", "answers": [{"answer", "answer_confidence"}
 x 10], "answer_type", "answerable"}`` (no answers in test). Images: ``<images>/<image>``.
 
-Accuracy is VizWiz's evaluation, a port of the official VQA accuracy over the 10 answers (so an
-unanswerable question is answered right with "unanswerable", what most of its annotators wrote);
-reported overall, per answer type (``yes/no``, ``number``, ``other``, ``unanswerable``) and over
-answerable / unanswerable questions. The prompt asks for "Unanswerable" when the image does not
-tell (LLaVA-1.5's VizWiz prompt). The test split goes to the EvalAI server as
-``[{"image", "answer"}]``, answers through EvalAI's processor, an empty answer as "unanswerable".
+Accuracy is the VizWiz-VQA API's (``evaluation.vizwiz_metric``: the prediction always processed,
+the annotated answers never, its own contraction table), ``overall`` and ``perAnswerType``
+(``yes/no``, ``number``, ``other``, ``unanswerable``), ``round(100 * sum / n, 2)``: what the
+evaluation server reports for the same results file. The prompt asks for "Unanswerable" when the
+image does not tell (LLaVA-1.5's VizWiz prompt). A model's reply goes into the results file
+``[{"image", "answer"}]`` through EvalAI's answer processor, as LLaVA's
+``convert_vizwiz_for_submission.py`` writes it; the test split's file is uploaded to EvalAI.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from evaluation.benchmarks.base import (
     load_json,
     percent,
 )
-from evaluation.benchmarks.vqa import submitted_scores
+from evaluation.vizwiz_metric import vizwiz_accuracy
 from evaluation.vqa_metric import evalai_normalize
 
 
@@ -37,6 +38,9 @@ class VizWiz(Benchmark):
     name = "vizwiz"
     prompt_suffix = "When the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT_ANSWER
     upload = "https://eval.ai/web/challenges/challenge-page/2185 (VizWiz VQA, test-standard phase)"
+
+    def results_answer(self, reply: str) -> str:
+        return evalai_normalize(reply)
 
     def read(self, questions: Sequence[Path], annotations: Path | None, images: Path | None) -> Loaded:
         (path,) = questions
@@ -48,24 +52,26 @@ class VizWiz(Benchmark):
             if not isinstance(q, dict) or not isinstance(q.get("image"), str) or not isinstance(q.get("question"), str):
                 loaded.skip("malformed_question", f"{path} #{n}")
                 continue
-            image = images / q["image"]
-            if not loaded.admit(q["image"], image):
+            answers = q.get("answers")
+            if answers and not (isinstance(answers, list)
+                                and all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers)):
+                loaded.skip("malformed_question", f"{path} #{n}: answers must be a list of {{'answer': str}}")
                 continue
-            answers = [str(a["answer"]) for a in q["answers"]] if q.get("answers") else None
-            group = {"answer_type": str(q.get("answer_type", "")),
-                     "answerable": "answerable" if q.get("answerable", 1) else "unanswerable"}
-            loaded.questions.append(Question(q["image"], image, q["question"], answers, group))
+            if not loaded.admit(q["image"], images / q["image"] if images is not None else None):
+                continue
+            truth = [a["answer"] for a in answers] if answers else None
+            group = {"answer_type": str(q.get("answer_type", ""))}
+            loaded.questions.append(Question(q["image"], images / q["image"] if images is not None else None,
+                                             q["question"], truth, group))
         return loaded
 
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
-        scores = submitted_scores(questions, answers)
+        scores = {q.qid: vizwiz_accuracy(answers[q.qid], q.truth) for q in questions if q.qid in answers}
         return {"overall": percent(list(scores.values())), "count": len(scores),
-                "perAnswerType": breakdown(questions, scores, "answer_type"),
-                "answerability": breakdown(questions, scores, "answerable")}
+                "perAnswerType": breakdown(questions, scores, "answer_type")}
 
     def submission(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Submission:
-        content = [{"image": q.qid, "answer": evalai_normalize(answers[q.qid]) or "unanswerable"}
-                   for q in questions if q.qid in answers]
+        content = [{"image": q.qid, "answer": answers[q.qid]} for q in questions if q.qid in answers]
         return Submission("vizwiz_results.json", content, self.upload)
 
     def read_predictions(self, path: Path, questions: Sequence[Question]) -> dict[str, str]:

@@ -8,11 +8,16 @@ question, question_id}]}`` and, where the split has them, ``v2_mscoco_<subtype>_
 are COCO's ``COCO_<subtype>_<image_id:012>.jpg`` (test-dev questions use the test2015 images).
 
 Scores as ``VQAEval.accuracy`` reports them: ``overall``, ``perQuestionType``, ``perAnswerType``,
-each ``round(100 * mean, 2)`` of the per-question accuracy of ``evaluation.vqa_metric.vqa_accuracy``,
-the answer scored as it is submitted (through EvalAI's answer processor, as LLaVA's conversion
-script writes results files), so a local score is what the server gives for the same file.
-Without annotations (test-dev, test) the answers go to the EvalAI server in its results format,
-``[{"question_id": int, "answer": str}]``, answers through EvalAI's answer processor as LLaVA does.
+each ``round(100 * sum / n, 2)`` of the per-question accuracy of
+``evaluation.vqa_metric.vqa_accuracy``, the answer through EvalAI's answer processor first (as the
+EvalAI server does; the processor is idempotent, so a file already processed scores the same). A
+model's reply is written into the results file through EvalAI's answer processor, as LLaVA's
+``convert_vqav2_for_submission.py`` does. Without annotations (test-dev, test) the answers go to the
+EvalAI server in its results format, ``[{"question_id": int, "answer": str}]``.
+
+Question ids and image ids must be integers (the official format; COCO file names are built from
+the image id): an entry with another id is a counted skip, never an EvalAI file that cannot be
+written.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from evaluation.benchmarks.base import (
     Question,
     Submission,
     breakdown,
+    is_int,
     load_json,
     percent,
 )
@@ -42,8 +48,8 @@ def coco_image(images: Path, subtype: str, image_id: int) -> Path:
 
 
 def submitted_scores(questions: Sequence[Question], answers: Mapping[str, str]) -> dict[str, float]:
-    """The official VQA accuracy of each answered question, the answer scored as it is submitted
-    (EvalAI's answer processor, as LLaVA's conversion script writes results files)."""
+    """The official VQA accuracy of each answered question, the answer through EvalAI's answer
+    processor first (as the EvalAI server scores an uploaded file)."""
     return {q.qid: vqa_accuracy(evalai_normalize(answers[q.qid]), q.truth) for q in questions if q.qid in answers}
 
 
@@ -51,6 +57,9 @@ class VQAv2(Benchmark):
     name = "vqav2"
     needs = ("questions", "annotations", "images")
     upload = "https://eval.ai/web/challenges/challenge-page/830 (VQA Challenge, the matching phase)"
+
+    def results_answer(self, reply: str) -> str:
+        return evalai_normalize(reply)
 
     def read(self, questions: Sequence[Path], annotations: Path | None, images: Path | None) -> Loaded:
         (path,) = questions
@@ -64,7 +73,11 @@ class VQAv2(Benchmark):
             if not isinstance(q, dict) or not {"question_id", "image_id", "question"} <= set(q):
                 loaded.skip("malformed_question", f"{path} #{n}")
                 continue
-            qid, image = str(q["question_id"]), coco_image(images, subtype, q["image_id"])
+            if not is_int(q["question_id"]) or not is_int(q["image_id"]):
+                loaded.skip("non_integer_id", f"{path} #{n}: question_id {q['question_id']!r}, image_id {q['image_id']!r}")
+                continue
+            qid = str(q["question_id"])
+            image = coco_image(images, subtype, q["image_id"]) if images is not None else None
             entry = truth.pop(qid, None)
             if not loaded.admit(qid, image):
                 continue
@@ -74,7 +87,7 @@ class VQAv2(Benchmark):
             answers, group = entry if entry else (None, {})
             loaded.questions.append(Question(qid, image, str(q["question"]), answers, group))
         for qid in truth:
-            loaded.skip("annotation_for_unknown_question", qid)
+            loaded.skip("annotation_for_unknown_question", qid, question=False)
         return loaded
 
     @staticmethod
@@ -99,8 +112,7 @@ class VQAv2(Benchmark):
                 "perAnswerType": breakdown(questions, scores, "answer_type")}
 
     def submission(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Submission | None:
-        content = [{"question_id": int(q.qid), "answer": evalai_normalize(answers[q.qid])}
-                   for q in questions if q.qid in answers]
+        content = [{"question_id": int(q.qid), "answer": answers[q.qid]} for q in questions if q.qid in answers]
         return Submission(f"{self.name}_results.json", content, self.upload)
 
 
