@@ -253,13 +253,14 @@ def test_gqa_compares_the_prediction_exactly(tmp_path):
         "204": q("no", "verify", "obj", balanced=False)})  # not balanced: eval.py neither needs nor scores it
     results = write(tmp_path / "results.json", [{"questionId": "201", "prediction": "Yes."},
                                                 {"questionId": "202", "prediction": "table"},
-                                                {"questionId": "203", "prediction": " yes"}])
+                                                {"questionId": "203", "prediction": " yes"},
+                                                {"questionId": "204", "prediction": "no"}])  # ignored, as eval.py does
     m = score("gqa", tmp_path, questions, results)
     # eval.py: correct = (predicted == gold): "Yes." and " yes" are wrong, "table" right: 1 of 3.
     assert m["overall"] == 33.33 and m["binary"] == 0.0 and m["open"] == 100.0
     assert m["perStructuralType"] == {"logic": 0.0, "query": 100.0, "verify": 0.0}
     assert m["perSemanticType"] == {"attr": 0.0, "obj": 0.0, "rel": 100.0}
-    assert m["skipped"] == {"not_balanced": 1} and m["coverage"]["complete"]
+    assert m["skipped"] == {"not_balanced": 1} and m["coverage"]["complete"] and m["coverage"]["unknown"] == 0
     # The clean-up belongs to writing the project's own results file: LLaVA strips the reply
     # (model_vqa_loader.py), then rstrip('.') and lower() (convert_gqa_for_eval.py) -- which keeps a
     # space before a final period.

@@ -61,11 +61,20 @@ class Loaded:
     skipped_questions: int = 0
     _ids: set[str] = field(default_factory=set, repr=False)
 
-    def skip(self, reason: str, example: str, question: bool = True) -> None:
+    def skip(self, reason: str, example: str, question: bool = True, qid: str | None = None) -> None:
+        """Count a skipped entry. ``question``: it is one of the benchmark's questions (a score
+        without it does not cover the benchmark); ``qid``: its id, so that an answer to it is not
+        taken for an answer to an unknown question (e.g. GQA's unbalanced questions)."""
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         self.skipped_questions += question
+        if qid is not None:
+            self._ids.add(qid)
         if len(self.examples) < 5:
             self.examples.append(f"{reason}: {example}")
+
+    def known(self, qid: str) -> bool:
+        """Whether ``qid`` is a question id the benchmark's files hold (usable or skipped)."""
+        return qid in self._ids
 
     def admit(self, qid: str, image: Path | None) -> bool:
         """Whether a question can be used: a repeated id or a missing image file is a counted skip

@@ -60,7 +60,8 @@ class GQA(Benchmark):
                 loaded.skip("malformed_question", str(qid))
                 continue
             if not q.get("isBalanced", True):
-                loaded.skip("not_balanced", str(qid), question=False)  # eval.py scores balanced questions only
+                # eval.py scores balanced questions only, and ignores predictions for the others
+                loaded.skip("not_balanced", str(qid), question=False, qid=str(qid))
                 continue
             image = images / f"{q['imageId']}.jpg" if images is not None else None
             if not loaded.admit(str(qid), image):

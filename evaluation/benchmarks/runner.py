@@ -196,8 +196,7 @@ def coverage(loaded: Loaded, questions: Sequence[Question], answers: Mapping[str
              not_asked: int = 0) -> Coverage:
     """The coverage of ``answers`` (a results file's, all of them) over ``questions`` (the set scored:
     ``loaded.questions`` or its first ``limit``)."""
-    known = {q.qid for q in loaded.questions}
-    unknown = [qid for qid in answers if qid not in known]
+    unknown = [qid for qid in answers if not loaded.known(qid)]
     wanted = {q.qid for q in questions}
     return Coverage(questions=len(questions), answered=sum(qid in wanted for qid in answers),
                     in_benchmark=len(loaded.questions), skipped=loaded.skipped_questions, unknown=len(unknown),
