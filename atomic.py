@@ -3,13 +3,19 @@
 Everything goes to a temporary sibling first (same directory, so the final rename stays on one
 file system), is flushed to disk, and is renamed into place only when complete. Readers see the
 old content or the new one, never a mixture; on any error the temporaries are removed.
+
+A process killed outright (``kill -9``, the machine losing power) cannot remove its temporaries.
+Their names carry the writer's process id, so the next write into the same directory removes the
+ones whose process is gone (:func:`remove_stale_temporaries`) and says so on stderr.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,9 +31,74 @@ def _temporary_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+# The temporaries this module names: ".NAME.PID.HEX.tmp" (files), ".NAME.partial-PID" and
+# ".NAME.old-PID" (directories).
+_TEMPORARY = re.compile(r"^\..+\.(?:(?P<pid>\d+)\.[0-9a-f]{8}\.tmp|(?:partial|old)-(?P<dir_pid>\d+))$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or not a pid we can ask about): leave it alone
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[str]:
+    """Remove the temporaries in ``directory`` left by writers that no longer run (killed before
+    they could clean up), print one line saying what went and how much space it freed, and return
+    their names. A temporary of a live process (a write in progress) is left alone."""
+    directory = Path(directory)
+    removed, freed = [], 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if not match or _alive(int(match.group("pid") or match.group("dir_pid"))):
+            continue
+        path = directory / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                shutil.rmtree(path)
+            else:
+                freed += path.lstat().st_size
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(name)
+    if removed:
+        print(f"note: {directory}: removed {len(removed)} temporary file(s) left by an interrupted earlier run "
+              f"({', '.join(sorted(removed)[:3])}{', ...' if len(removed) > 3 else ''}; {freed / 2**20:.1f} MiB)",
+              file=sys.stderr)
+    return removed
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically."""
     write_documents(Path(path).parent, {Path(path).name: [text]})
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (a picture, say)."""
+    path = Path(path)
+    remove_stale_temporaries(path.parent)
+    tmp = _temporary_name(path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_documents(directory: str | Path, documents: Mapping[str, Iterable[str]]) -> None:
@@ -39,6 +110,7 @@ def write_documents(directory: str | Path, documents: Mapping[str, Iterable[str]
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
     pending: list[tuple[Path, Path]] = []
     try:
         for name, document in documents.items():
@@ -76,6 +148,7 @@ def replace_directory(output: str | Path) -> Iterator[Path]:
     temporary is removed and ``output`` stays exactly as it was."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output.parent)
     tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
     old = output.parent / f".{output.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -144,24 +144,41 @@ def check_placeholder(messages: list[dict[str, str]], image_token: str) -> None:
 
 class ImageIndex:
     """Answers "does this image file exist" from one ``os.scandir`` per directory instead of one
-    ``stat`` per record: hundreds of thousands of stats are slow on network file systems."""
+    ``stat`` per record: hundreds of thousands of stats are slow on network file systems.
+
+    An entry that cannot be examined (a looping symlink, a file that vanished mid-scan) is left out
+    on its own and remembered with its error, so only the records naming it are skipped, with that
+    reason; a directory that cannot be listed at all falls back to one ``stat`` per record."""
 
     def __init__(self) -> None:
-        self._listings: dict[str, frozenset[str]] = {}
+        self._listings: dict[str, frozenset[str] | None] = {}
+        self._unreadable: dict[str, dict[str, str]] = {}
 
     def exists(self, directory: str, name: str) -> bool:
-        names = self._listings.get(directory)
-        if names is None:
-            names = self._listings[directory] = self._scan(directory)
-        return name in names
+        if directory not in self._listings:
+            self._listings[directory] = self._scan(directory)
+        names = self._listings[directory]
+        return os.path.isfile(os.path.join(directory, name)) if names is None else name in names
 
-    @staticmethod
-    def _scan(directory: str) -> frozenset[str]:
+    def unreadable(self, directory: str, name: str) -> str | None:
+        """Why the entry ``name`` of ``directory`` could not be examined, or None."""
+        return self._unreadable.get(directory, {}).get(name)
+
+    def _scan(self, directory: str) -> frozenset[str] | None:
+        names, bad = set(), {}
         try:
             with os.scandir(directory) as it:
-                return frozenset(e.name for e in it if e.is_file())
+                for entry in it:
+                    try:
+                        if entry.is_file():
+                            names.add(entry.name)
+                    except OSError as exc:
+                        bad[entry.name] = exc.strerror or str(exc)
         except OSError:
-            return frozenset()
+            return None
+        if bad:
+            self._unreadable[directory] = bad
+        return frozenset(names)
 
 
 def split_image_path(image_dir: str, file: str) -> tuple[str, str]:
@@ -232,6 +249,9 @@ class Merger:
             raise BadRecord("duplicate_id", f"id {cand.raw_id!r} already used in this source")
         directory, name = split_image_path(image_dir, cand.image)
         if self.index is not None and not self.index.exists(directory, name):
+            why = self.index.unreadable(directory, name)
+            if why is not None:
+                raise BadRecord("unreadable_image", f"image file {os.path.join(directory, name)} cannot be read: {why}")
             raise BadRecord("missing_image", f"image file {os.path.join(directory, name)} does not exist")
         path = directory + os.sep + name
         key = (path, *[x for m in cand.messages for x in (m["role"], m["content"])])

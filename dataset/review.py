@@ -136,6 +136,9 @@ def read_answers(path: str | Path) -> Answers:
         if "answer" not in entry:
             if "error" in entry:
                 key = (None if entry.get("id") is None else str(entry.get("id")), entry.get("image"), entry.get("question"))
+                if not all(part is None or isinstance(part, str) for part in key[1:]):
+                    problems.append((number, "missing_field", "an error line whose 'image' or 'question' is not a string"))
+                    continue
                 errors[key] = (number, f"infer.py could not answer it: {entry['error']}")
             else:
                 problems.append((number, "no_answer", "the line has no 'answer'"))
@@ -180,6 +183,8 @@ class ReviewState:
     def __init__(self) -> None:
         self.stacks: dict[ItemKey, list[Decision]] = {}
         self.order: list[ItemKey] = []
+        # Malformed lines in the middle of the log, left out of the replay: (line number, why).
+        self.ignored: list[tuple[int, str]] = []
 
     def apply(self, entry: dict) -> None:
         """One log line (already validated by :func:`parse_line`)."""
@@ -260,6 +265,7 @@ def read_log(path: str | Path, answers: Answers) -> tuple[ReviewState, list[str]
             entry = parse_line(line)
         except ValueError as exc:
             bad += 1
+            state.ignored.append((number, one_line(exc)))
             notes.append(f"{path}: line {number} ignored: {one_line(exc)}")
             continue
         if tuple(entry["item"]) not in known:
@@ -303,12 +309,33 @@ class ReviewLog:
         self.file.close()
 
 
+def changed_since_decided(answers: Answers, state: ReviewState) -> list[tuple[ReviewItem, Decision]]:
+    """The items whose answer in the file is no longer the model answer they were decided on (the
+    answers file was rewritten after the review began): their decision is about another answer."""
+    changed = []
+    for item in answers.items:
+        decision = state.current(item.key)
+        if decision is not None and decision.model_answer != item.answer:
+            changed.append((item, decision))
+    return changed
+
+
+def changed_detail(item: ReviewItem, decision: Decision) -> str:
+    return (f"{decision.decision} of {decision.model_answer!r}, but the answers file now says {item.answer!r}; "
+            "review it again")
+
+
 def open_review(answers_file: str | Path, write: bool = True) -> tuple[Answers, ReviewState, ReviewLog | None, list[str]]:
     """Answers, replayed state, the log open for appending (when ``write``), and notes."""
     answers = read_answers(answers_file)
     path = log_path(answers_file)
     state, notes = read_log(path, answers)
     log = ReviewLog(path, Path(answers_file)) if write else None
+    changed = changed_since_decided(answers, state)
+    if changed:
+        item, decision = changed[0]
+        notes.insert(0, f"{answers.path}: {len(changed)} answer(s) changed since they were decided (first: line "
+                        f"{item.line}: {changed_detail(item, decision)})")
     if answers.problems:
         notes.insert(0, f"{answers.path}: {len(answers.problems)} line(s) cannot be reviewed "
                         f"(first: line {answers.problems[0][0]}: {answers.problems[0][2]})")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from atomic import replace_directory
 from errors import UserError
 from model.checkpoints import resolve_checkpoint
 
@@ -34,6 +35,22 @@ def quiet_transformers():
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def export_directory(output: Path):
+    """``atomic.replace_directory`` for an export: a write that fails (the disk full, a quota, an
+    I/O error; safetensors reports those as ``SafetensorError``) is one line, and nothing partial is
+    left -- the output stays as it was."""
+    from safetensors import SafetensorError
+
+    try:
+        with replace_directory(output) as tmp:
+            yield tmp
+    except (OSError, SafetensorError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ExportRefused(f"{output}: writing the export failed ({reason}); nothing was exported and {output} is "
+                            "as it was -- free some space or choose another --output") from None
 
 
 def resolve(checkpoint: str | Path) -> Path:

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import torch
 
-from atomic import replace_directory
-from exporters.common import ExportRefused, check_output, load_checkpoint, merged_lm_state, resolve
+from exporters.common import ExportRefused, check_output, export_directory, load_checkpoint, merged_lm_state, resolve
 from qwen.chat_template import chat_template, default_system_prompt
 
 # llama.cpp's image placeholder in prompt text (mtmd_default_marker()); the GGUF template puts it
@@ -492,7 +491,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "bfloat16", 
             warnings.append(f"{quantize}: {fallbacks} of the language model's {matrices} weight matrices have rows that "
                             f"are not a multiple of {K_BLOCK}; llama.cpp stores those in a legacy type (q5_0/q8_0)")
             warn(warnings[-1])
-    with replace_directory(output) as tmp:
+    with export_directory(output) as tmp:
         if quantize in LLAMA_QUANTIZE:
             source = tmp / "model-f32.gguf"
             write_language_model(source, model, tokenizer, "f32", template, name, tensors)

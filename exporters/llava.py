@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-from atomic import replace_directory
-from exporters.common import ExportRefused, check_output, load_checkpoint, merged_lm_state, resolve
+from exporters.common import ExportRefused, check_output, export_directory, load_checkpoint, merged_lm_state, resolve
 from exporters.llava_card import model_card
 from model.configuration import DTYPES
 from qwen.chat_template import chat_template, default_system_prompt
@@ -277,7 +276,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "bfloat16", 
     processor = build_processor(model, tokenizer, template)
     verify_prompts(processor, reference, model.preprocessor.size)
 
-    with replace_directory(output) as tmp:
+    with export_directory(output) as tmp:
         write_weights(model, tmp, torch_dtype)
         llava_config(model, torch_dtype).save_pretrained(tmp)
         generation_config(model, tokenizer).save_pretrained(tmp)

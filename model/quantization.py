@@ -18,13 +18,21 @@ BITSANDBYTES = "bitsandbytes==0.50.2"
 
 
 def require_bitsandbytes(label: str = "model.quantize") -> None:
-    """One line naming the package when it is not installed."""
+    """One line naming the package when it is not installed, or when it is but does not import (a
+    build for another CUDA or CPU, a missing native library): transformers would otherwise fail
+    later, deep inside loading, with its own traceback."""
     try:
         found = importlib.util.find_spec("bitsandbytes") is not None
     except (ImportError, ValueError):
         found = False
     if not found:
         raise UserError(f"{label}: 4-bit quantization needs the bitsandbytes package (pip install {BITSANDBYTES})")
+    try:
+        importlib.import_module("bitsandbytes")
+    except Exception as exc:  # noqa: BLE001 -- whatever a broken native package raises, said in one line
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise UserError(f"{label}: bitsandbytes is installed but cannot be imported ({reason}); reinstall it for "
+                        f"this machine (pip install --force-reinstall {BITSANDBYTES})") from None
 
 
 def bnb_config(config):

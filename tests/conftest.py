@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -308,3 +309,19 @@ def answer_server():
     yield start
     for s in servers:
         s.close()
+
+
+@contextlib.contextmanager
+def small_disk(directory: Path, size: str = "512k"):
+    """A real file system of ``size`` mounted at ``directory`` (tmpfs; mounting needs root, which
+    the CI machines and these sandboxes are): writing more than that fails with ENOSPC, as a full
+    disk does."""
+    import subprocess
+
+    directory.mkdir(parents=True, exist_ok=True)
+    assert os.geteuid() == 0, "mounting a small tmpfs needs root (as .ci/run runs)"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)

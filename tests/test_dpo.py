@@ -220,6 +220,9 @@ def test_preference_records_in_three_layouts_and_their_bad_input(tmp_path):
         {"id": 6, "messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "x"}],
          "rejected_messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "y"}],
          "images": ["a.png"], "rejected_images": ["b.png"]},
+        # rejected_response with rejected_images naming another image: the same rule
+        {"id": 7, "messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "x"}],
+         "rejected_response": "y", "images": ["a.png"], "rejected_images": ["b.png"]},
     ]
     raw = tmp_path / "pairs.jsonl"
     raw.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
@@ -232,7 +235,7 @@ def test_preference_records_in_three_layouts_and_their_bad_input(tmp_path):
         ("preference/1", "red", "blue"), ("preference/2", "2", "two, I think"), ("preference/3", "circle", "a round thing")]
     assert records[2]["messages"][0]["content"] == "<|extra_0|>\nShape?"
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
-    assert stats["total"]["skipped"] == {"same_answers": 1, "missing_field": 1, "images_differ": 1}
+    assert stats["total"]["skipped"] == {"same_answers": 1, "missing_field": 1, "images_differ": 2}
 
 
 # -- train.py ------------------------------------------------------------------------------------

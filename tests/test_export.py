@@ -528,6 +528,16 @@ def test_damaged_weights_and_unwritable_outputs_are_refused_before_any_work(chec
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "file.txt"]
 
 
+def test_a_full_disk_is_one_line_and_leaves_nothing(checkpoints, tmp_path, capsys):
+    """The export's weights do not fit a 512 KiB file system: ENOSPC while safetensors writes them."""
+    from tests.conftest import small_disk
+
+    with small_disk(tmp_path / "small") as disk:
+        err = refused(capsys, ["--checkpoint", str(checkpoints["lora"]), "--output", str(disk / "export")])
+        assert "writing the export failed" in err and "No space left on device" in err, err
+        assert os.listdir(disk) == []  # no export, no partial directory
+
+
 def test_ctrl_c_ends_with_one_line_and_writes_nothing(checkpoints, tmp_path):
     out = tmp_path / "export"
     proc = subprocess.Popen([sys.executable, str(ROOT / "export.py"), "--checkpoint", str(checkpoints["full"]),

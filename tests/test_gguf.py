@@ -326,6 +326,18 @@ def test_refusals_are_one_line_and_leave_nothing(tiny, checkpoints, tmp_path, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["timm"]
 
 
+def test_a_full_disk_is_one_line_and_leaves_nothing(checkpoints, tmp_path, capsys):
+    from tests.conftest import small_disk
+
+    with small_disk(tmp_path / "small") as disk:
+        with pytest.raises(SystemExit) as exit_:
+            export.main(["--checkpoint", str(checkpoints["lora"]), "--output", str(disk / "gguf"), "--format", "gguf"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the export's warnings
+        assert err.startswith("error:") and "writing the export failed (No space left on device)" in err, err
+        assert os.listdir(disk) == []
+
+
 def test_a_crash_while_writing_leaves_no_partial_files(checkpoints, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")

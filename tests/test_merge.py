@@ -163,6 +163,20 @@ def test_skip_report_keeps_the_first_three_offenders(tmp_path, coco):
     ]
 
 
+def test_a_looping_symlink_skips_only_the_records_that_name_it(tmp_path, coco):
+    """os.scandir's is_file() raises ELOOP for a symlink that points at itself: only that entry is
+    left out (its records skipped as unreadable_image), every other image of the folder is found."""
+    (coco / "loop.jpg").symlink_to(coco / "loop.jpg")
+    try:
+        records = [llava_record(id="loop", image="loop.jpg"), GOOD]
+        stats = run(make_config(tmp_path, [llava_source(tmp_path, "llava", records, coco)]))
+    finally:
+        (coco / "loop.jpg").unlink()
+    s = stats.sources[0]
+    assert s.records == 1 and s.skipped == {"unreadable_image": 1}
+    assert "loop.jpg cannot be read" in s.examples["unreadable_image"][0]
+
+
 def test_check_images_off_accepts_missing_files(tmp_path, coco):
     source = llava_source(tmp_path, "llava", [llava_record(image="not_there.jpg")], coco)
     stats = run(make_config(tmp_path, [source], check_images=False))

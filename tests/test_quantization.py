@@ -109,6 +109,21 @@ def test_without_bitsandbytes_the_message_names_the_package(monkeypatch):
         require_bitsandbytes()
 
 
+def test_a_bitsandbytes_that_does_not_import_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """A package that is found but fails on import (as a build for another CUDA does, with OSError
+    from its native library): refused by the check, not by transformers half-way through loading."""
+    from errors import UserError
+    from model.quantization import require_bitsandbytes
+
+    broken = tmp_path / "site" / "bitsandbytes"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise OSError("libbitsandbytes_cuda130.so: cannot open shared object file")\n')
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    with pytest.raises(UserError, match=r"bitsandbytes is installed but cannot be imported \(OSError: libbitsandbytes_cuda130"):
+        require_bitsandbytes()
+
+
 def test_inference_loads_it_quantized_or_on_its_full_precision_base(qlora):
     import cli
     from model.quantization import is_quantized

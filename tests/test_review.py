@@ -185,12 +185,15 @@ def test_a_crash_mid_write_loses_only_the_line_being_written(tmp_path):
 
 def test_bad_input_is_refused_or_counted(tmp_path):
     # A missing image and a malformed line: the rest is reviewable, the problems are noted.
+    # An error line whose image is a list (no item key can be made of it): counted, not a traceback.
     path = write_answers(tmp_path, extra_lines=['{"image": "x.png", "question": "q", "error": "unreadable"}',
-                                                '{"image": "x.png", "question": '])
+                                                '{"image": "x.png", "question": ',
+                                                '{"image": ["a.png", "b.png"], "question": "q", "error": "x"}'])
     (tmp_path / "img0.png").unlink()
     answers, state, log, notes = open_review(path)
-    assert len(answers.items) == 6 and [p[1] for p in answers.problems] == ["no_answer", "invalid_json"]
-    assert notes and "2 line(s) cannot be reviewed" in notes[0]
+    assert len(answers.items) == 6
+    assert [p[1] for p in answers.problems] == ["no_answer", "invalid_json", "missing_field"]
+    assert notes and "3 line(s) cannot be reviewed" in notes[0]
     s = ReviewSession(answers, state, log, "ana")
     s.move(5)
     assert s.current.answer == "red" and s.to_dict()["current"]["image_exists"] is False
@@ -248,7 +251,7 @@ def test_a_directory_that_cannot_hold_the_log_is_refused_before_any_decision(tmp
 
 
 def test_reviewed_answers_merge_into_training_records_and_preference_pairs(tmp_path, capsys):
-    path = write_answers(tmp_path, extra_lines=["not json"])
+    path = write_answers(tmp_path, extra_lines=["not json", '{"image": ["a.png"], "question": "q", "error": "x"}'])
     s = session_for(path, reviewer="bo")
     s.accept()                     # green
     s.edit("一辆蓝色的车")          # blue, corrected (non-ASCII)
@@ -272,7 +275,8 @@ def test_reviewed_answers_merge_into_training_records_and_preference_pairs(tmp_p
     stats = json.loads((merged / "stats.json").read_text())
     source = stats["sources"][0]
     assert source["tallies"] == {"accepted": 2, "edited": 1} and source["preference_pairs"] == 1
-    assert source["skipped"] == {"review_rejected": 1, "review_skipped": 1, "not_reviewed": 1, "invalid_json": 1}
+    assert source["skipped"] == {"review_rejected": 1, "review_skipped": 1, "not_reviewed": 1, "invalid_json": 1,
+                                 "missing_field": 1}
     pairs = [json.loads(line) for line in (merged / "preferences.jsonl").read_text(encoding="utf-8").splitlines()]
     assert pairs == [{"id": "round1/line2",
                       "messages": [{"role": "user", "content": "<image>\nWhat is it?"},
@@ -287,6 +291,35 @@ def test_reviewed_answers_merge_into_training_records_and_preference_pairs(tmp_p
     assert process_image.main(["--config", str(config)]) == 0
     assert not (merged / "preferences.jsonl").exists()
     assert [r["messages"][1]["content"] for r in json.loads((merged / "qa.json").read_text())] == ["green"]
+
+
+def test_a_bad_log_line_and_answers_changed_after_review_are_said_and_counted(tmp_path, capsys):
+    path = write_answers(tmp_path)
+    s = session_for(path, reviewer="bo")
+    s.accept()  # green
+    s.accept()  # blue
+    s.accept()  # two
+    s.log.close()
+    lines = log_path(path).read_text(encoding="utf-8").splitlines()
+    lines.insert(2, '{"item": "not a key", "decision": "accept"}')  # a malformed line in the middle
+    log_path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # The answers file is rewritten after the review began: "blue" is now "navy".
+    path.write_text(path.read_text(encoding="utf-8").replace('"answer": "blue"', '"answer": "navy"'), encoding="utf-8")
+
+    _, _, _, notes = open_review(path, write=False)
+    assert any("1 answer(s) changed since they were decided" in n and "accept of 'blue'" in n and "'navy'" in n
+               for n in notes), notes
+    assert any("line 3 ignored" in n for n in notes), notes
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data:\n  sources:\n    - type: reviewed\n      annotations: {path}\n"
+                      f"  output_dir: {tmp_path / 'merged'}\n", encoding="utf-8")
+    assert process_image.main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    source = json.loads((tmp_path / "merged" / "stats.json").read_text())["sources"][0]
+    assert source["tallies"] == {"accepted": 2}  # green and two; blue was decided on another answer
+    assert source["skipped"]["answer_changed"] == 1 and source["skipped"]["bad_review_log_line"] == 1
+    assert "answer_changed" in out and "bad_review_log_line" in out and "review log line 3" in out
 
 
 def test_the_merge_refuses_a_log_written_for_another_answers_file(tmp_path):

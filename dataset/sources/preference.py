@@ -48,6 +48,9 @@ def parse_preference(entry: dict, line_no: int, image_token: str) -> Candidate:
         rejected = _text(entry, "rejected")
     else:
         candidate = swift_entry(entry, line_no, image_token)
+        # A pair shares one image, whichever way its rejected answer is written.
+        if "rejected_images" in entry and image_name(entry["rejected_images"], "rejected_images") != candidate.image:
+            raise BadRecord("images_differ", "'rejected_images' names another image than 'images'; a pair shares one image")
         if "rejected_response" in entry:
             rejected = _text(entry, "rejected_response")
         elif "rejected_messages" in entry:
@@ -55,9 +58,6 @@ def parse_preference(entry: dict, line_no: int, image_token: str) -> Candidate:
             if other.messages[:-1] != candidate.messages[:-1]:
                 raise BadRecord("prompts_differ", "'rejected_messages' and 'messages' differ before the last answer")
             rejected = other.messages[-1]["content"].strip()
-            if "rejected_images" in entry and image_name(entry["rejected_images"], "rejected_images") != candidate.image:
-                raise BadRecord("images_differ", "'rejected_images' names another image than 'images'; "
-                                                 "a pair shares one image")
         else:
             raise BadRecord("missing_field", "no rejected answer ('rejected_response' or 'rejected_messages')")
         if not candidate.messages or candidate.messages[-1]["role"] != "assistant":

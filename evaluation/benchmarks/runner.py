@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dataclasses import asdict, dataclass
 
-from atomic import write_documents
+from atomic import write_bytes, write_documents
 from errors import UserError, one_line
 from evaluation.benchmarks.base import Benchmark, Loaded, Question
 from dataset.produced_by import is_header, start_or_resume
@@ -230,6 +230,5 @@ def finish(bench: Benchmark, loaded: Loaded, questions: Sequence[Question], answ
     write_documents(output, documents)
     image = plot(per_type_rows({k: v for k, v in metrics.items() if k not in ("skipped", "coverage")}), bench.name)
     if image is not None:
-        (output / ".per_type.png.tmp").write_bytes(image)
-        (output / ".per_type.png.tmp").replace(output / "per_type.png")
+        write_bytes(output / "per_type.png", image)
     return metrics
