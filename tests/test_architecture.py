@@ -9,6 +9,7 @@ import cannot hide an arrow that goes the wrong way.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,18 @@ def test_scripts_are_thin():
         assert lines <= 15, f"{name}.py has {lines} lines: a script only runs commands/{name}.py"
         lines = (ROOT / "commands" / f"{name}.py").read_text(encoding="utf-8").count("\n")
         assert lines <= 250, f"commands/{name}.py has {lines} lines: move the work into a library package"
+
+
+def test_no_code_branches_on_a_stage_name():
+    """A training stage is one module and one line in training/stages.py: nothing asks which stage
+    is configured by name (``train.stage == "dpo"``); it asks the stage object."""
+    branch = re.compile(r"""\bstage\s*(==|!=|\bin\b|\bnot in\b)|(==|!=)\s*\w*\.?stage\b""")
+    wrong = []
+    for path in python_files():
+        if top(path) not in LIBRARY | SCRIPTS:
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if branch.search(code):
+                wrong.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not wrong, "branches on a stage name (ask training.stages.stage_of(cfg) instead):\n" + "\n".join(wrong)

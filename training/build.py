@@ -9,17 +9,22 @@ from errors import UserError
 
 
 def build_model(cfg: Config):
-    """A fresh :class:`model.VQAModel` from the configured bases, set up for the configured stage:
-    what trains, LoRA, an earlier stage's weights (``train.init_from``), compiled layers."""
+    """The model a run starts from, set up by the configured stage (``training.stages``: what
+    trains, LoRA, an earlier stage's weights), with compiled layers when asked."""
+    from training.stages import stage_of
+
+    return _compiled(stage_of(cfg).build_model(cfg), cfg.train)
+
+
+def supervised_model(cfg: Config, finetune: str):
+    """A fresh :class:`model.VQAModel` from the configured bases with ``finetune`` (projector, lora,
+    full) trainable, and ``train.init_from``'s weights when given: the supervised stages' start."""
     from model import VQAModel
     from model.checkpoints import resolve_checkpoint
 
     t = cfg.train
-    if t.stage == "dpo":
-        return _compiled(_dpo_model(cfg), t)
     model = VQAModel.from_settings(cfg.model, train_vision_tower=t.train_vision_tower)
-    finetune = "projector" if t.stage == "pretrain" else t.finetune
-    lora = _lora_settings(t) if finetune == "lora" else None
+    lora = lora_settings(t) if finetune == "lora" else None
     model.configure_training(finetune, lora, train_embeddings=t.train_embeddings)
     if t.init_from:
         # An earlier stage's weights (after LoRA wrapping, so its adapters find their names):
@@ -28,7 +33,7 @@ def build_model(cfg: Config):
             model.load_trained_weights(resolve_checkpoint(t.init_from) / "model.safetensors", partial=True)
         except (UserError, ValueError) as exc:
             raise UserError(f"train.init_from: {exc}") from None
-    return _compiled(model, t)
+    return model
 
 
 def _compiled(model, t: TrainSettings):
@@ -41,31 +46,8 @@ def _compiled(model, t: TrainSettings):
     return model
 
 
-def _lora_settings(t: TrainSettings) -> dict:
+def lora_settings(t: TrainSettings) -> dict:
     return {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout, "target_modules": t.lora.target_modules}
-
-
-def _dpo_model(cfg: Config):
-    """The sft checkpoint ``train.init_from`` with its adapter folded into the language model
-    and, with LoRA, a fresh adapter on top (B = 0: at step 0 the policy is the reference, and the
-    adapter off is the sft model). The checkpoint records that base (``base_checkpoint``) so that
-    loading a dpo checkpoint rebuilds it. The projector (and tower) stay frozen."""
-    import os
-
-    from model import VQAModel
-    from model.checkpoints import resolve_checkpoint
-
-    t = cfg.train
-    start = resolve_checkpoint(t.init_from)
-    model = VQAModel.from_pretrained(start)
-    model.fold_adapter()
-    if t.finetune == "lora":
-        model.configure_training("lora", _lora_settings(t))
-        model.config.base_checkpoint = os.path.abspath(start)
-    else:
-        model.configure_training("full", train_embeddings=t.train_embeddings)
-    model.multi_modal_projector.requires_grad_(False)
-    return model
 
 
 def param_groups(model, t: TrainSettings) -> list[dict]:

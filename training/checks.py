@@ -9,6 +9,7 @@ from pathlib import Path
 from config import Config, TrainSettings
 from errors import UserError
 from model.checkpoints import TRAINER_STATE_NAME, is_complete, newest_checkpoint
+from training.stages import stage_of
 
 
 def resume_checkpoint(t: TrainSettings) -> Path | None:
@@ -64,7 +65,7 @@ def _check_numbers(cfg: Config) -> None:
         raise UserError(f"train.save_total_limit must be at least 1 (or null: keep all), got {t.save_total_limit}")
     if not 0 <= t.warmup_ratio < 1:
         raise UserError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
-    if t.finetune == "lora" and t.stage != "pretrain":
+    if t.finetune == "lora" and stage_of(cfg).trains_language_model:
         if t.lora.r < 1:
             raise UserError(f"train.lora.r must be at least 1, got {t.lora.r}")
         if not 0 <= t.lora.dropout < 1:
@@ -76,15 +77,11 @@ def _check_quantize(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     if m.quantize == "none":
         return
-    reason = None
-    if t.stage != "sft":
-        reason = f"train.stage {t.stage} trains the projector only; 4-bit weights are for LoRA on the LM"
-    elif t.finetune != "lora":
+    reason = stage_of(cfg).quantize_refusal(cfg)
+    if reason is None and t.finetune != "lora":
         reason = "train.finetune full would train the 4-bit weights themselves; use finetune: lora (QLoRA)"
-    elif t.train_vision_tower:
+    elif reason is None and t.train_vision_tower:
         reason = "train.train_vision_tower: QLoRA keeps the tower as configured and frozen"
-    if t.stage == "dpo":
-        reason = "train.stage dpo folds the sft adapter into the language model, which 4-bit weights cannot hold"
     if reason:
         raise UserError(f"model.quantize: {m.quantize} needs train.stage sft with train.finetune lora ({reason})")
     from model.quantization import require_bitsandbytes
@@ -92,33 +89,11 @@ def _check_quantize(cfg: Config) -> None:
     require_bitsandbytes()
 
 
-def _check_dpo(cfg: Config) -> None:
-    """A dpo run starts from an sft model and needs a reference it can compute."""
-    t = cfg.train
-    if t.stage != "dpo":
-        return
-    if not t.init_from:
-        raise UserError("train.stage dpo needs train.init_from: the sft checkpoint (or run directory) to align")
-    if t.finetune == "full" and not t.dpo.precompute_reference:
-        raise UserError("train.stage dpo with train.finetune full needs train.dpo.precompute_reference: true "
-                        "(the reference is the starting model; without an adapter to switch off it is "
-                        "computed once before training instead of kept as a second copy)")
-    d = t.dpo
-    if not d.beta > 0:
-        raise UserError(f"train.dpo.beta must be > 0, got {d.beta}")
-    if not 0 <= d.label_smoothing < 0.5:
-        raise UserError(f"train.dpo.label_smoothing must be in [0, 0.5), got {d.label_smoothing}")
-    if d.sft_weight < 0:
-        raise UserError(f"train.dpo.sft_weight must be >= 0, got {d.sft_weight}")
-    if t.train_vision_tower:
-        raise UserError("train.train_vision_tower: the dpo stage keeps the tower and projector frozen")
-
-
 def _check_lora_targets(cfg: Config) -> None:
     """Every ``train.lora.target_modules`` name must match a module of the language model (peft
     matches a name or a dotted suffix); checked on a weightless meta-device copy of the LM."""
     t = cfg.train
-    if t.stage == "pretrain" or t.finetune != "lora":
+    if not stage_of(cfg).trains_language_model or t.finetune != "lora":
         return
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -150,12 +125,12 @@ def validate(cfg: Config) -> None:
     for label, path in (("data.train_file", d.train_file), ("data.eval_file", d.eval_file)):
         if path is not None:
             _check_data_file(label, path)
-    if not t.train_embeddings and (t.stage == "pretrain" or t.finetune != "full"):
+    if not t.train_embeddings and (not stage_of(cfg).trains_language_model or t.finetune != "full"):
         raise UserError("train.train_embeddings: false only applies to stages sft and dpo with finetune full "
                         "(LoRA and pretrain never train them)")
     _check_numbers(cfg)
     _check_quantize(cfg)
-    _check_dpo(cfg)
+    stage_of(cfg).check(cfg)
     if t.init_from:
         try:
             resolve_checkpoint(t.init_from)

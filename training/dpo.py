@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from config import DPOSettings
+from errors import UserError
 from model.splice import splice_image_features
 from qwen.prompt import IGNORE_INDEX
+from training.stages import Stage
 from training.trainer import VQATrainer
 
 
@@ -225,3 +227,75 @@ class DPOTrainer(VQATrainer):
                 logs[prefix + key] = round(sum(values) / len(values), 6)
         self._stored[split].clear()
         super().log(logs, start_time)
+
+
+class DPOStage(Stage):
+    """``train.stage: dpo``: preference pairs (``dataset.preference``), the losses above, and a
+    reference that is never a second copy of the model."""
+
+    name = "dpo"
+
+    def check(self, cfg) -> None:
+        """A dpo run starts from an sft model and needs a reference it can compute."""
+        t = cfg.train
+        if not t.init_from:
+            raise UserError("train.stage dpo needs train.init_from: the sft checkpoint (or run directory) to align")
+        if t.finetune == "full" and not t.dpo.precompute_reference:
+            raise UserError("train.stage dpo with train.finetune full needs train.dpo.precompute_reference: true "
+                            "(the reference is the starting model; without an adapter to switch off it is "
+                            "computed once before training instead of kept as a second copy)")
+        d = t.dpo
+        if not d.beta > 0:
+            raise UserError(f"train.dpo.beta must be > 0, got {d.beta}")
+        if not 0 <= d.label_smoothing < 0.5:
+            raise UserError(f"train.dpo.label_smoothing must be in [0, 0.5), got {d.label_smoothing}")
+        if d.sft_weight < 0:
+            raise UserError(f"train.dpo.sft_weight must be >= 0, got {d.sft_weight}")
+        if t.train_vision_tower:
+            raise UserError("train.train_vision_tower: the dpo stage keeps the tower and projector frozen")
+
+    def quantize_refusal(self, cfg) -> str | None:
+        return "train.stage dpo folds the sft adapter into the language model, which 4-bit weights cannot hold"
+
+    def build_model(self, cfg):
+        """The sft checkpoint ``train.init_from`` with its adapter folded into the language model
+        and, with LoRA, a fresh adapter on top (B = 0: at step 0 the policy is the reference, and
+        the adapter off is the sft model). The checkpoint records that base (``base_checkpoint``) so
+        that loading a dpo checkpoint rebuilds it. The projector (and tower) stay frozen."""
+        import os
+
+        from model import VQAModel
+        from model.checkpoints import resolve_checkpoint
+        from training.build import lora_settings
+
+        t = cfg.train
+        start = resolve_checkpoint(t.init_from)
+        model = VQAModel.from_pretrained(start)
+        model.fold_adapter()
+        if t.finetune == "lora":
+            model.configure_training("lora", lora_settings(t))
+            model.config.base_checkpoint = os.path.abspath(start)
+        else:
+            model.configure_training("full", train_embeddings=t.train_embeddings)
+        model.multi_modal_projector.requires_grad_(False)
+        return model
+
+    def dataset_class(self):
+        from dataset.preference import PreferenceDataset
+
+        return PreferenceDataset
+
+    def collator(self, tokenizer):
+        from dataset.collate import PreferenceCollator
+
+        return PreferenceCollator(tokenizer.pad_token_id)
+
+    def trainer(self, cfg, **kwargs):
+        t = cfg.train
+        if t.dpo.precompute_reference:
+            kwargs["model"].to(kwargs["args"].device)  # the Trainer would move it there anyway; the pass runs there too
+            dtype = torch.bfloat16 if t.bf16 else None
+            for dataset in (kwargs["train_dataset"], kwargs["eval_dataset"]):
+                if dataset is not None:
+                    precompute_reference(kwargs["model"], dataset, kwargs["data_collator"], t.eval_batch_size, dtype)
+        return DPOTrainer(**kwargs, dpo=t.dpo)

@@ -1,9 +1,7 @@
 """One training run, as ``train.py`` starts it: check, build, train, save.
 
-The supervised stages (``pretrain``: projector only; ``sft``: projector + LoRA or the full LM)
-share everything here; their difference is only what :func:`training.build.build_model` makes
-trainable, and their loss is the model's own (``VQAModel.supervised_loss``). ``dpo`` trains on
-preference pairs (``dataset.preference``) with the loss of ``training.dpo``.
+What differs between stages (the model a run starts from, its data, collator and Trainer) is the
+stage's to say (``training.stages``): this module is the same for every one of them.
 """
 
 from __future__ import annotations
@@ -21,13 +19,10 @@ from training.memory import keep_freed_memory
 from training.reporting import setup_wandb
 
 
-def _datasets(cfg: Config, model, tokenizer):
-    from dataset.preference import PreferenceDataset
-    from dataset.vqa_dataset import VQADataset
+def _datasets(cfg: Config, model, tokenizer, kind):
     from qwen import PromptRenderer
 
     renderer = PromptRenderer(tokenizer, model.config.num_image_tokens, cfg.model.image_token)
-    kind = PreferenceDataset if cfg.train.stage == "dpo" else VQADataset
 
     def make(path, limit=None):
         return kind(path, renderer, model.preprocessor, cfg.data.max_length, cfg.model.image_token,
@@ -54,13 +49,14 @@ def _held_out_records(cfg: Config):
 def train(cfg: Config) -> Path:
     """Run the configured training to the end (or its stop step / time limit); returns the
     output directory, which then holds the final weights beside its ``checkpoint-N``."""
-    from dataset.collate import Collator, PreferenceCollator
     from training.build import build_model
     from training.callbacks import WallClock
-    from training.trainer import VQATrainer, training_arguments
+    from training.stages import stage_of
+    from training.trainer import training_arguments
 
     t = cfg.train
     validate(cfg)
+    stage = stage_of(cfg)
     resume_dir = resume_checkpoint(t)
     setup_wandb(t)
     keep_freed_memory(t)
@@ -68,7 +64,7 @@ def train(cfg: Config) -> Path:
     torch.manual_seed(t.seed)
     model = build_model(cfg)
     tokenizer = model.tokenizer  # the one it was built with (config.model.tokenizer or the LM's)
-    train_set, eval_set = _datasets(cfg, model, tokenizer)
+    train_set, eval_set = _datasets(cfg, model, tokenizer, stage.dataset_class())
     eval_records, eval_images = _held_out_records(cfg)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
@@ -86,25 +82,13 @@ def train(cfg: Config) -> Path:
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=Collator(tokenizer.pad_token_id),
+        data_collator=stage.collator(tokenizer),
         processing_class=tokenizer,
         callbacks=[WallClock(cfg, eval_records, eval_images, tokenizer)],
         settings=t,
         group_by_length=cfg.data.group_by_length,
     )
-    if t.stage == "dpo":
-        from training.dpo import DPOTrainer, precompute_reference
-
-        kwargs["data_collator"] = collator = PreferenceCollator(tokenizer.pad_token_id)
-        if t.dpo.precompute_reference:
-            model.to(args.device)  # the Trainer would move it there anyway; the pass runs there too
-            dtype = torch.bfloat16 if t.bf16 else None
-            for dataset in (train_set, eval_set):
-                if dataset is not None:
-                    precompute_reference(model, dataset, collator, t.eval_batch_size, dtype)
-        trainer = DPOTrainer(**kwargs, dpo=t.dpo)
-    else:
-        trainer = VQATrainer(**kwargs)
+    trainer = stage.trainer(cfg, **kwargs)
     trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
     trainer.save_model(t.output_dir)
     trainer.save_state()

@@ -1,0 +1,87 @@
+"""Training stages, found by name (``train.stage``): what each one starts from, trains and refuses.
+
+A :class:`Stage` decides the model a run starts from and what of it trains (``build_model``), the
+samples it trains on and how they are batched (``dataset_class``, ``collator``), the Trainer that
+runs it (``trainer``), and what it refuses before anything loads (``check``, ``quantize_refusal``).
+``training.run``, ``training.build`` and ``training.checks`` ask the stage and never its name, so a
+new stage (KTO, ORPO, GRPO) is one module with its ``Stage`` subclass plus one line in
+:data:`STAGES` (and its name in ``config.TrainSettings.stage``'s type, with its settings).
+
+The supervised stages live here: ``pretrain`` (the projector only) and ``sft`` (projector + LoRA or
+the whole language model); their loss is the model's own (``VQAModel.supervised_loss``).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from config import Config
+from errors import UserError
+
+
+class Stage:
+    """The supervised behaviour; subclasses override what differs."""
+
+    name = ""
+    # Whether the language model trains at all (LoRA or full); pretrain trains the projector only.
+    trains_language_model = True
+
+    def check(self, cfg: Config) -> None:
+        """Stage-specific refusals (one line, before anything loads)."""
+
+    def quantize_refusal(self, cfg: Config) -> str | None:
+        """Why this stage cannot train over a 4-bit language model (QLoRA), or None."""
+        return None
+
+    def build_model(self, cfg: Config):
+        """A fresh model from the configured bases, with ``train.finetune`` deciding what trains and
+        ``train.init_from`` an earlier stage's weights."""
+        from training.build import supervised_model
+
+        return supervised_model(cfg, "projector" if not self.trains_language_model else cfg.train.finetune)
+
+    def dataset_class(self):
+        from dataset.vqa_dataset import VQADataset
+
+        return VQADataset
+
+    def collator(self, tokenizer):
+        from dataset.collate import Collator
+
+        return Collator(tokenizer.pad_token_id)
+
+    def trainer(self, cfg: Config, **kwargs):
+        """The Trainer for this stage (``kwargs``: what every stage's Trainer takes -- model, args,
+        data sets, collator, callbacks)."""
+        from training.trainer import VQATrainer
+
+        return VQATrainer(**kwargs)
+
+
+class Pretrain(Stage):
+    name = "pretrain"
+    trains_language_model = False
+
+    def quantize_refusal(self, cfg: Config) -> str | None:
+        return "train.stage pretrain trains the projector only; 4-bit weights are for LoRA on the LM"
+
+
+class SFT(Stage):
+    name = "sft"
+
+
+# name -> "module:Class" (imported when asked for: a stage may need torch, the checks run before it).
+STAGES = {
+    "pretrain": "training.stages:Pretrain",
+    "sft": "training.stages:SFT",
+    "dpo": "training.dpo:DPOStage",
+}
+
+
+def stage_of(cfg: Config) -> Stage:
+    """The configured stage; an unknown name is one line listing the known ones."""
+    target = STAGES.get(cfg.train.stage)
+    if target is None:
+        raise UserError(f"train.stage: unknown stage {cfg.train.stage!r} (known: {', '.join(STAGES)})")
+    module, cls = target.split(":")
+    return getattr(import_module(module), cls)()
