@@ -199,13 +199,51 @@ class TrainSettings:
 
 
 @dataclass
-class GenerationSettings:
+class SamplingSettings:
+    """How one answer is generated: greedy (``do_sample: false``) or sampled with temperature,
+    top-p and top-k; ``seed`` makes sampling repeatable (None: a fresh seed every time). The one
+    type for these six settings: the ``generation`` section of a config extends it, and every
+    generator (local, server, llama.cpp) takes it."""
+
     max_new_tokens: int = 128
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    seed: int = 0
+    seed: int | None = 0
+
+    @classmethod
+    def from_config(cls, generation: "SamplingSettings", **overrides) -> "SamplingSettings":
+        """Just the sampling settings of ``generation`` (a config's section), with ``overrides``
+        (e.g. command-line flags; ``None`` means "not given") on top, validated: a bad value raises
+        ``ValueError`` naming the setting."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}")
+        values = {name: getattr(generation, name) for name in names}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validate()
+
+    def validate(self) -> "SamplingSettings":
+        for name in ("temperature", "top_p"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature} (greedy: do_sample false)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: off), got {self.top_k}")
+        return self
+
+
+@dataclass
+class GenerationSettings(SamplingSettings):
+    """The ``generation`` section: the sampling settings, plus batching and the review flags."""
+
     batch_size: int = 8
     # Batch pre-annotation flags an answer for review (the rule that fired is recorded) when its
     # mean token log-probability is below review_threshold, when it holds one of review_words

@@ -9,53 +9,15 @@ row's first real token so a padded row computes exactly what it would alone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from config import SamplingSettings  # noqa: F401 (re-exported: the generators' settings type)
 from inference.protocol import GenerativeVQA
-
-
-@dataclass
-class SamplingSettings:
-    max_new_tokens: int = 128
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-
-    @classmethod
-    def from_config(cls, generation, **overrides) -> "SamplingSettings":
-        """Build from ``config.GenerationSettings`` (the one place that maps config to sampling).
-
-        ``overrides`` (e.g. command-line flags) replace config values; ``None`` means "not given".
-        The result is validated: a bad value raises ``ValueError`` naming the setting.
-        """
-        values = {f.name: getattr(generation, f.name) for f in fields(cls) if hasattr(generation, f.name)}
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values).validate()
-
-    def validate(self) -> "SamplingSettings":
-        for name in ("temperature", "top_p"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature} (greedy: do_sample false)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0: off), got {self.top_k}")
-        return self
 
 
 @dataclass

@@ -20,7 +20,7 @@ def vqa_eval(model, tokenizer, records, images, cfg: Config) -> dict:
 
     was_training = model.training
     predictor = Predictor(model, tokenizer)
-    settings = SamplingSettings(max_new_tokens=cfg.generation.max_new_tokens)
+    settings = SamplingSettings.from_config(cfg.generation, do_sample=False)  # held-out answers are greedy
     with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
         _, metrics = evaluate_records(predictor, records, images, settings, cfg.train.eval_batch_size)
     model.train(was_training)
