@@ -38,14 +38,9 @@ from exporters import FORMATS, exporter
 from model.checkpoints import describe_choice
 
 
-def qlora_note(checkpoint) -> str | None:
+def qlora_note(config) -> str | None:
     """What happens to a QLoRA checkpoint's 4-bit base, said once."""
-    import json
-
-    try:
-        quantize = json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("quantize", "none")
-    except (OSError, ValueError):
-        return None
+    quantize = getattr(config, "quantize", "none")
     if quantize in (None, "none"):
         return None
     return (f"a QLoRA checkpoint ({quantize}): its adapter is merged into the full-precision base model, "
@@ -58,27 +53,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory (newest checkpoint-N)")
     parser.add_argument("--output", required=True, help="the export directory (must not exist or be empty)")
     parser.add_argument("--format", default="llava", choices=sorted(FORMATS), help="export format (default: %(default)s)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weight dtype of the export (llava)")
-    parser.add_argument("--quantize", default=None, help="gguf: language-model type f16 (default), f32, q8_0 or q4_k_m")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    declared = {}  # flag -> (format, option): each format declares its own options
+    for name in sorted(FORMATS):
+        group = parser.add_argument_group(f"--format {name}")
+        for option in exporter(name).OPTIONS:
+            declared[option.flag] = (name, option)
+            group.add_argument(option.flag, default=None, choices=option.choices,
+                               help=f"{option.help} (default: {option.default})")
     args = parser.parse_args(argv)
-    if args.quantize is not None and args.format != "gguf":
-        cli.fail(f"--quantize applies to --format gguf, not {args.format} (see {parser.prog} --help)")
-    options = {"quantize": args.quantize or "f16"} if args.format == "gguf" else {}
+    options = {}
+    for flag, (name, option) in declared.items():
+        value = getattr(args, option.dest)
+        if name == args.format:
+            options[option.dest] = option.default if value is None else value
+        elif value is not None:
+            cli.fail(f"{flag} applies to --format {name}, not {args.format} (see {parser.prog} --help)")
     with cli.on_interrupt(f"nothing was exported; {args.output} is as it was"):
         check_writable(args.output)
-        from exporters.common import resolve  # torch from here on
+        from exporters.common import Checkpoint  # torch from here on
 
-        resolved = resolve(args.checkpoint)
-        for note in (describe_choice(args.checkpoint, resolved), qlora_note(resolved)):
+        source = Checkpoint(args.checkpoint)  # resolved, its config read and its model loaded once
+        for note in (describe_choice(args.checkpoint, source.path), qlora_note(source.config)):
             if note:
                 print(f"note: {note}", file=sys.stderr)
-        out = exporter(args.format).export(args.checkpoint, args.output, args.dtype, args.overwrite, **options)
-    if args.format == "gguf":
-        print(f"exported {args.checkpoint} -> {out} (gguf, {options['quantize']})")
-        print(f"run it with llama.cpp: see {out.resolve() / 'README.md'}")
-        return 0
-    print(f"exported {args.checkpoint} -> {out} ({args.format}, {args.dtype})")
-    print(f"serve it with: vllm serve {out.resolve()} --chat-template-content-format openai")
+        module = exporter(args.format)
+        out = module.export(source, args.output, args.overwrite, **options)
+    first, *rest = module.summary(out, **options)
+    print(f"exported {args.checkpoint} -> {out} ({first})")
+    for line in rest:
+        print(line)
     return 0
-

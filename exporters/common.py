@@ -8,6 +8,7 @@ layout and writes its files into the temporary directory ``atomic.replace_direct
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,33 +63,69 @@ def resolve(checkpoint: str | Path) -> Path:
         raise ExportRefused(message if "incomplete checkpoint" in message else f"incomplete checkpoint: {message}") from None
 
 
-def load_checkpoint(checkpoint: str | Path, check=lambda config: None):
-    """``(path, model, tokenizer)``: the model in float32 (for an exact merge), eval mode.
-    ``check(config)`` runs on the checkpoint's config before any weights load (a format's refusals)."""
-    from model.configuration import VQAConfig
-    from model.modeling import VQAModel
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of one export format (``export.py`` adds it; another format's
+    options given with this format are refused)."""
 
-    path = resolve(checkpoint)
-    try:
-        with quiet_transformers():
-            config = VQAConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ExportRefused(f"{path}: unreadable config.json ({exc})") from None
-    if config.model_type != VQAConfig.model_type:
-        raise ExportRefused(f"{path}: not a {VQAConfig.model_type} checkpoint")
-    check(config)
-    try:
-        with quiet_transformers():
-            # A QLoRA checkpoint's adapter is merged into the full-precision base (the usual QLoRA
-            # practice): the 4-bit weights were only ever a memory saving for training.
-            model = VQAModel.from_pretrained(path, dtype="float32", quantize="none").eval()
-    except ValueError as exc:
-        raise ExportRefused(f"incomplete checkpoint: {exc}") from None
-    except OSError as exc:
-        raise ExportRefused(f"{path}: cannot load the checkpoint or its base models ({exc})") from None
-    with quiet_transformers():  # AutoTokenizer reads our config.json and warns about its model type
-        tokenizer = model.checkpoint_tokenizer(path)
-    return path, model, tokenizer
+    flag: str
+    default: object
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+class Checkpoint:
+    """The checkpoint an export reads: resolved once (a run directory: its newest complete
+    checkpoint), its config read once, its model and tokenizer loaded once on first use -- in float32
+    (for an exact merge), eval mode, whatever format asks."""
+
+    def __init__(self, checkpoint: str | Path) -> None:
+        self.path = resolve(checkpoint)
+        self._config = None
+        self._loaded = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            from model.configuration import VQAConfig
+
+            try:
+                with quiet_transformers():
+                    config = VQAConfig.from_pretrained(self.path)
+            except (OSError, ValueError) as exc:
+                raise ExportRefused(f"{self.path}: unreadable config.json ({exc})") from None
+            if config.model_type != VQAConfig.model_type:
+                raise ExportRefused(f"{self.path}: not a {VQAConfig.model_type} checkpoint")
+            self._config = config
+        return self._config
+
+    def load(self):
+        """``(model, tokenizer)``, loaded on the first call."""
+        if self._loaded is None:
+            from model.modeling import VQAModel
+
+            config = self.config
+            try:
+                with quiet_transformers():
+                    # A QLoRA checkpoint's adapter is merged into the full-precision base (the usual
+                    # QLoRA practice): the 4-bit weights were only ever a memory saving for training.
+                    model = VQAModel.from_pretrained(self.path, config=config, dtype="float32", quantize="none").eval()
+            except ValueError as exc:
+                raise ExportRefused(f"incomplete checkpoint: {exc}") from None
+            except OSError as exc:
+                raise ExportRefused(f"{self.path}: cannot load the checkpoint or its base models ({exc})") from None
+            with quiet_transformers():  # AutoTokenizer reads our config.json and warns about its model type
+                tokenizer = model.checkpoint_tokenizer(self.path)
+            self._loaded = model, tokenizer
+        return self._loaded
+
+
+def as_checkpoint(checkpoint: "str | Path | Checkpoint") -> Checkpoint:
+    return checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
 
 
 def check_output(output: Path, checkpoint: Path, overwrite: bool) -> None:

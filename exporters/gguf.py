@@ -29,7 +29,15 @@ from pathlib import Path
 
 import torch
 
-from exporters.common import ExportRefused, check_output, export_directory, load_checkpoint, merged_lm_state, resolve
+from exporters.common import (
+    Checkpoint,
+    ExportRefused,
+    Option,
+    as_checkpoint,
+    check_output,
+    export_directory,
+    merged_lm_state,
+)
 from qwen.chat_template import chat_template, default_system_prompt
 
 # llama.cpp's image placeholder in prompt text (mtmd_default_marker()); the GGUF template puts it
@@ -447,18 +455,28 @@ def _stderr_warning(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def export(checkpoint: str | Path, output: str | Path, dtype: str = "bfloat16", overwrite: bool = False,
+OPTIONS = (Option("--quantize", "f16", "language-model type: f16 (default), f32, q8_0 or q4_k_m"),)
+
+
+def summary(output: Path, quantize: str = "f16") -> list[str]:
+    """What export.py prints when the export is written."""
+    return [f"gguf, {quantize}", f"run it with llama.cpp: see {output.resolve() / 'README.md'}"]
+
+
+def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite: bool = False,
            quantize: str = "f16", warn: Callable[[str], None] = _stderr_warning) -> Path:
-    """Write the GGUF export of ``checkpoint`` to ``output`` (``dtype`` is the LLaVA export's
-    setting; GGUF types come from ``quantize``). All files go to a temporary sibling directory
-    renamed into place at the end, so a refusal or crash leaves no partial export."""
-    del dtype
+    """Write the GGUF export of ``checkpoint`` (a path, or one already opened:
+    ``exporters.common.Checkpoint``) to ``output``; GGUF types come from ``quantize``. All files go
+    to a temporary sibling directory renamed into place at the end, so a refusal or crash leaves no
+    partial export."""
     check_quantize(quantize)
     require_gguf()
     output = Path(output)
-    resolved = resolve(checkpoint)
-    check_output(output, resolved, overwrite)  # cheap refusals before loading anything
-    path, model, tokenizer = load_checkpoint(resolved, check=check_exportable)
+    source = as_checkpoint(checkpoint)
+    check_output(output, source.path, overwrite)  # cheap refusals before loading anything
+    check_exportable(source.config)
+    path = source.path
+    model, tokenizer = source.load()
 
     warnings, notes = [], []  # notes: in the README only
     if model.preprocessor.aspect == "squash":

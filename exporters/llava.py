@@ -28,7 +28,15 @@ from pathlib import Path
 
 import torch
 
-from exporters.common import ExportRefused, check_output, export_directory, load_checkpoint, merged_lm_state, resolve
+from exporters.common import (
+    Checkpoint,
+    ExportRefused,
+    Option,
+    as_checkpoint,
+    check_output,
+    export_directory,
+    merged_lm_state,
+)
 from exporters.llava_card import model_card
 from model.configuration import DTYPES
 from qwen.chat_template import chat_template, default_system_prompt
@@ -246,8 +254,18 @@ def write_weights(model, directory: Path, dtype: torch.dtype) -> list[str]:
 # -- the export ---------------------------------------------------------------------------------
 
 
-def export(checkpoint: str | Path, output: str | Path, dtype: str = "bfloat16", overwrite: bool = False) -> Path:
-    """Write the LLaVA export of ``checkpoint`` (a checkpoint or run directory) to ``output``.
+OPTIONS = (Option("--dtype", "bfloat16", "weight dtype of the export", tuple(DTYPES)),)
+
+
+def summary(output: Path, dtype: str = "bfloat16") -> list[str]:
+    """What export.py prints when the export is written."""
+    return [f"llava, {dtype}", f"serve it with: vllm serve {output.resolve()} --chat-template-content-format openai"]
+
+
+def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite: bool = False,
+           dtype: str = "bfloat16") -> Path:
+    """Write the LLaVA export of ``checkpoint`` (a checkpoint or run directory, or one already
+    opened: ``exporters.common.Checkpoint``) to ``output``.
 
     Everything is written to a temporary sibling directory and renamed into place at the end, so
     a crash never leaves a half export (nor touches an existing one).
@@ -255,9 +273,11 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "bfloat16", 
     if dtype not in DTYPES:
         raise ExportRefused(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     output = Path(output)
-    resolved = resolve(checkpoint)
-    check_output(output, resolved, overwrite)  # cheap refusals before loading anything
-    path, model, tokenizer = load_checkpoint(resolved, check=check_exportable)
+    source = as_checkpoint(checkpoint)
+    check_output(output, source.path, overwrite)  # cheap refusals before loading anything
+    check_exportable(source.config)
+    path = source.path
+    model, tokenizer = source.load()
     torch_dtype = DTYPES[dtype]
 
     from qwen import PromptRenderer, question_messages

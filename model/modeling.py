@@ -8,6 +8,7 @@ changed (see ``trained_key``) in ``model.safetensors`` next to ``config.json``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from pathlib import Path
@@ -323,15 +324,17 @@ class VQAModel(PreTrainedModel):
         language_model: str | None = None,
         dtype: str | None = None,
         quantize: str | None = None,
+        config: VQAConfig | None = None,
         **_: object,
     ) -> "VQAModel":
         """Load a checkpoint written by ``save_pretrained``: rebuild from the referenced bases,
         then load the trained weights. ``vision_model``/``language_model`` override the base
-        references (e.g. when the bases live at another path on this machine)."""
+        references (e.g. when the bases live at another path on this machine); ``config``: the
+        checkpoint's config when the caller has already read it (it is not changed)."""
         path = Path(checkpoint)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise CheckpointError(f"{path}: not a model checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        config = VQAConfig.from_pretrained(path)
+        config = copy.deepcopy(config) if config is not None else VQAConfig.from_pretrained(path)
         if config.model_type != VQAConfig.model_type:
             raise ValueError(f"{path}: config.json is a {config.model_type!r} model, not {VQAConfig.model_type!r}")
         if vision_model:

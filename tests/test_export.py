@@ -382,17 +382,16 @@ def test_a_crash_leaves_no_half_export(checkpoints, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    loaded = common.load_checkpoint(checkpoints["lora"])
-    monkeypatch.setattr(llava, "load_checkpoint", lambda checkpoint, check: loaded)  # load once
+    source = common.Checkpoint(checkpoints["lora"])  # loaded once, for both exports below
     monkeypatch.setattr(llava, "generation_config", crash)  # after the weights were written
     with pytest.raises(RuntimeError, match="disk full"):
-        llava.export(checkpoints["lora"], tmp_path / "new", dtype="float32")
+        llava.export(source, tmp_path / "new", dtype="float32")
     assert sorted(os.listdir(tmp_path)) == []
     old = tmp_path / "old"
     old.mkdir()
     (old / "config.json").write_text("{}")
     with pytest.raises(RuntimeError, match="disk full"):
-        llava.export(checkpoints["lora"], old, dtype="float32", overwrite=True)
+        llava.export(source, old, dtype="float32", overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["old"] and (old / "config.json").read_text() == "{}"
 
 
@@ -536,6 +535,30 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(checkpoints, tmp_path, capsy
         err = refused(capsys, ["--checkpoint", str(checkpoints["lora"]), "--output", str(disk / "export")])
         assert "writing the export failed" in err and "No space left on device" in err, err
         assert os.listdir(disk) == []  # no export, no partial directory
+
+
+def test_the_checkpoint_is_resolved_read_and_loaded_once(checkpoints, tmp_path, monkeypatch):
+    """export.py opens the checkpoint once for its notes and the format: one resolve, one read of
+    config.json, one model load (formerly three of each)."""
+    from model.configuration import VQAConfig
+    from model.modeling import VQAModel
+
+    counts = {"resolve": 0, "config": 0, "load": 0}
+    real = (common.resolve_checkpoint, VQAConfig.from_pretrained.__func__, VQAModel.from_pretrained.__func__)
+
+    def counted(key, fn):
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(common, "resolve_checkpoint", counted("resolve", real[0]))
+    monkeypatch.setattr(VQAConfig, "from_pretrained", classmethod(counted("config", real[1])))
+    monkeypatch.setattr(VQAModel, "from_pretrained", classmethod(counted("load", real[2])))
+    for fmt in ("llava", "gguf"):
+        counts.update(resolve=0, config=0, load=0)
+        assert export.main(["--checkpoint", str(checkpoints["lora"]), "--output", str(tmp_path / fmt), "--format", fmt]) == 0
+        assert counts == {"resolve": 1, "config": 1, "load": 1}, (fmt, counts)
 
 
 def test_ctrl_c_ends_with_one_line_and_writes_nothing(checkpoints, tmp_path):
