@@ -259,50 +259,29 @@ def torch_device(name: str | None) -> str:
     return device
 
 
-def load_predictor(args: argparse.Namespace, concurrency: int = 8, confidence: bool = False):
-    """A local :class:`inference.predictor.Predictor` for ``--checkpoint``, an
-    :class:`inference.gguf.GGUFPredictor` for ``--gguf`` (``confidence``: with the answers'
-    log-probabilities, which llama.cpp only computes when asked) or an
-    :class:`inference.remote.RemotePredictor` for ``--server``."""
-    if getattr(args, "gguf", None):
-        from inference.gguf import GGUFPredictor
+def model_source(args: argparse.Namespace):
+    """The :class:`inference.source.ModelSource` the model arguments name (``--checkpoint``,
+    ``--gguf`` or ``--server``/``--model``/``--api-key``/``--timeout``, ``--device``, ``--dtype``,
+    ``--set model.quantize``)."""
+    from inference.source import ModelSource
 
-        return GGUFPredictor(args.gguf, logprobs=confidence)
     if getattr(args, "server", None):
-        from inference.remote import RemotePredictor
+        return ModelSource(server=args.server, model=args.model, api_key=args.api_key, timeout=args.timeout)
+    if getattr(args, "gguf", None):
+        return ModelSource(gguf=args.gguf)
+    return ModelSource(checkpoint=args.checkpoint, device=torch_device(args.device), dtype=args.dtype,
+                       quantize=quantize_override(args))
 
-        return RemotePredictor(args.server, args.model, timeout=args.timeout, api_key=args.api_key,
-                               concurrency=concurrency)
-    from inference.predictor import Predictor
 
-    device = torch_device(args.device)
-    try:
-        return Predictor.from_checkpoint(args.checkpoint, dtype=args.dtype, device=device,
-                                         quantize=quantize_override(args))
-    except UserError:
-        raise
-    except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
-        message = one_line(exc)
-        fail(message if str(Path(args.checkpoint)) in message else f"{args.checkpoint}: cannot load: {message}")
+def load_predictor(args: argparse.Namespace, concurrency: int = 8, confidence: bool = False):
+    """The predictor of the model the arguments name (:meth:`inference.source.ModelSource.open`)."""
+    return model_source(args).open(concurrency=concurrency, confidence=confidence)
 
 
 def model_identity(args: argparse.Namespace) -> dict:
     """Which model answers, for the ``produced_by`` record of an answers file
-    (``dataset.produced_by``), known before the model loads: a checkpoint or GGUF export by the
-    fingerprint of its files (and the dtype / quantization it is loaded with), a server by its
-    address and model name (``--model``, else the first one the server lists)."""
-    from inference import identity as model
-
-    if getattr(args, "server", None):
-        from inference.remote import RemotePredictor
-
-        remote = RemotePredictor(args.server, args.model, timeout=args.timeout, api_key=args.api_key)
-        return {"server": remote.base, "model": remote.model_name()}
-    if getattr(args, "gguf", None):
-        return model.gguf_identity(args.gguf)
-    identity = model.checkpoint_identity(args.checkpoint)
-    identity.update(dtype=args.dtype, quantize=quantize_override(args))
-    return identity
+    (:meth:`inference.source.ModelSource.identity`), known before the model loads."""
+    return model_source(args).identity()
 
 
 def text_argument(value: str, flag: str) -> str:

@@ -53,19 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_backend(args, config):
     """The backend for --checkpoint, --gguf or --server; bad settings exit with one line (status 2)."""
-    from ui.controller import BackendError, GGUFBackend, LocalBackend, ServerBackend
+    from ui.controller import BackendError, PredictorBackend, ServerBackend
 
     settings = cli.sampling_settings(config)
     if args.gguf:
         cli.check_model_arguments(args)
-        return GGUFBackend(args.gguf, settings)
-    if args.server:
+    source = cli.model_source(args)
+    if source.server:
         try:
-            return ServerBackend(args.server, args.model, settings, timeout=args.timeout, api_key=args.api_key)
+            return ServerBackend(source, settings)
         except BackendError as exc:
             cli.fail(str(exc))
-    return LocalBackend(args.checkpoint, settings, device=cli.torch_device(args.device), dtype=args.dtype,
-                        quantize=cli.quantize_override(args))
+    return PredictorBackend(source, settings)
 
 
 def check_arguments(args) -> None:
@@ -106,7 +105,8 @@ def review(args, tk) -> None:
     session = ReviewSession(answers, state, log, reviewer.strip(), flagged_only=args.flagged_only)
     ReviewApp(root, session, args.state_file, notes)
     try:
-        root.mainloop()
+        with cli.on_interrupt(f"every decision made is in {log.path}; run the same command to go on"):
+            root.mainloop()
     finally:
         log.close()
 
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.image:
         root.after_idle(app.open_image, args.image)
     try:
-        root.mainloop()
-    except KeyboardInterrupt:
+        with cli.on_interrupt("the window was closed"):
+            root.mainloop()
+    finally:
         controller.close()
 

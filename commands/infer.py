@@ -126,14 +126,11 @@ def ask_one_image(args: argparse.Namespace, config) -> int:
     cli.check_image(args.image)
     settings = cli.sampling_settings(config, args)
     predictor = cli.load_predictor(args)
-    try:
+    with cli.on_interrupt("stopped; nothing was written"):
         if args.question is not None:
             print_streamed(predictor, args.image, args.question.strip(), settings)
         else:
             interactive(predictor, args.image, settings)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
     return 0
 
 
@@ -156,12 +153,9 @@ def answer_batch(args: argparse.Namespace, config) -> int:
     start_or_resume(output, produced_by, overwrite=args.overwrite)
     predictor = cli.load_predictor(args, concurrency=config.generation.batch_size, confidence=True)
     try:
-        counts = run_batch(predictor, items, output, settings, config.generation.batch_size, rules,
-                           args.retry_errors, produced_by=produced_by)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: what was answered is in {output}; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+        with cli.on_interrupt(f"what was answered is in {output}; run the same command again to resume"):
+            counts = run_batch(predictor, items, output, settings, config.generation.batch_size, rules,
+                               args.retry_errors, produced_by=produced_by)
     except OSError as exc:
         cli.fail(f"{output}: {exc}")
     print(

@@ -176,10 +176,11 @@ def test_gui_backend_streams_the_gguf_answer(exports, taught, tmp_path, capsys):
     export is refused before any window opens."""
     from commands import gui
     from inference.generation import SamplingSettings
-    from ui.controller import BackendError, GGUFBackend
+    from inference.source import ModelSource
+    from ui.controller import BackendError, PredictorBackend
 
     _, images = taught
-    backend = GGUFBackend(exports["q8_0"][0], SamplingSettings())
+    backend = PredictorBackend(ModelSource(gguf=str(exports["q8_0"][0])), SamplingSettings())
     assert backend.description.startswith("GGUF ")
     assert "".join(backend.ask(images["blue"], QUESTION)) == ANSWERS["blue"]
     with pytest.raises(BackendError, match="no such image file"):

@@ -15,14 +15,15 @@ from PIL import Image
 
 from inference.generation import SamplingSettings
 from tests.conftest import ANSWER, free_port
-from ui.controller import BackendError, Controller, LocalBackend, ServerBackend
+from inference.source import ModelSource
+from ui.controller import BackendError, Controller, PredictorBackend, ServerBackend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def local_backend(answering_checkpoint) -> LocalBackend:
-    backend = LocalBackend(answering_checkpoint, SamplingSettings(max_new_tokens=24), device="cpu")
+def local_backend(answering_checkpoint) -> PredictorBackend:
+    backend = PredictorBackend(ModelSource(checkpoint=str(answering_checkpoint), device="cpu"), SamplingSettings(max_new_tokens=24))
     backend.load()
     return backend
 
@@ -88,7 +89,7 @@ def test_a_file_that_is_not_an_image_is_refused_and_nothing_changes(local_backen
 
 
 def test_missing_checkpoint_is_reported_and_the_app_recovers(answering_checkpoint, gui_images, tmp_path):
-    c = Controller(LocalBackend(tmp_path / "no-such-run", SamplingSettings(max_new_tokens=24)))
+    c = Controller(PredictorBackend(ModelSource(checkpoint=str(tmp_path / "no-such-run")), SamplingSettings(max_new_tokens=24)))
     c.load_backend()
     events = c.wait_idle()
     assert [e.kind for e in events] == ["load_error"]
@@ -102,11 +103,12 @@ def test_missing_checkpoint_is_reported_and_the_app_recovers(answering_checkpoin
 
     # An empty directory is "not a checkpoint", also without a traceback.
     (tmp_path / "empty").mkdir()
-    c.load_backend(LocalBackend(tmp_path / "empty"))
+    c.load_backend(PredictorBackend(ModelSource(checkpoint=str(tmp_path / "empty"))))
     events = c.wait_idle()
     assert events[0].kind == "load_error" and "not a checkpoint" in events[0].text
 
-    c.load_backend(LocalBackend(answering_checkpoint, SamplingSettings(max_new_tokens=24), device="cpu"))
+    c.load_backend(PredictorBackend(ModelSource(checkpoint=str(answering_checkpoint), device="cpu"),
+                                 SamplingSettings(max_new_tokens=24)))
     c.wait_idle()
     assert c.model_ready
     c.ask("What colour is the square?")
@@ -154,7 +156,7 @@ def test_changing_the_image_mid_answer_drops_the_old_answer(local_backend, gui_i
 def test_server_backend_streams_sends_the_image_and_picks_the_model(answer_server, gui_images):
     server = answer_server()
     settings = SamplingSettings(max_new_tokens=32)
-    c = Controller(ServerBackend(server.url + "/v1", None, settings))
+    c = Controller(ServerBackend(ModelSource(server=server.url + "/v1", timeout=60), settings))
     c.load_backend()
     c.wait_idle()
     assert c.model_ready and c.backend.remote.model == "tiny-vqa" and "tiny-vqa" in c.status
@@ -173,14 +175,14 @@ def test_server_backend_streams_sends_the_image_and_picks_the_model(answer_serve
     sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert sent.size == (200, 300) and sent.mode == "RGB"
 
-    whole = ServerBackend(server.url, "named", settings, stream=False)
+    whole = ServerBackend(ModelSource(server=server.url, model="named", timeout=60), settings, stream=False)
     assert "".join(whole.ask(gui_images["red"], "What?")) == ANSWER
     assert server.requests[-1]["model"] == "named" and server.requests[-1]["stream"] is False
     c.close()
 
 
 def test_server_errors_are_reported_and_the_app_keeps_working(answer_server, gui_images):
-    c = Controller(ServerBackend(f"http://127.0.0.1:{free_port()}", "m", timeout=5))
+    c = Controller(ServerBackend(ModelSource(server=f"http://127.0.0.1:{free_port()}", model="m", timeout=5)))
     c.load_backend()
     events = c.wait_idle()
     assert events[0].kind == "load_error" and "cannot reach the server" in events[0].text
@@ -191,7 +193,7 @@ def test_server_errors_are_reported_and_the_app_keeps_working(answer_server, gui
     assert c.history[0].state == "error" and not c.busy
 
     failing = answer_server(fail_with=500)
-    c.load_backend(ServerBackend(failing.url, None))
+    c.load_backend(ServerBackend(ModelSource(server=failing.url, timeout=60)))
     c.wait_idle()
     assert c.model_ready
     c.ask("What colour is the square?")
@@ -199,19 +201,19 @@ def test_server_errors_are_reported_and_the_app_keeps_working(answer_server, gui
     assert events[-1].kind == "error" and "500" in events[-1].text and "model exploded" in events[-1].text
 
     working = answer_server()
-    c.load_backend(ServerBackend(working.url, None))
+    c.load_backend(ServerBackend(ModelSource(server=working.url, timeout=60)))
     c.wait_idle()
     c.ask("What colour is the square?")
     c.wait_idle()
     assert c.history[-1].answer == ANSWER
     with pytest.raises(BackendError, match="not a readable image"):
-        list(ServerBackend(working.url, "m").ask(gui_images["text"], "What?"))
+        list(ServerBackend(ModelSource(server=working.url, model="m", timeout=60)).ask(gui_images["text"], "What?"))
     c.close()
 
 
 def test_server_answer_can_be_stopped(answer_server, gui_images):
     server = answer_server(delay=0.2)
-    c = Controller(ServerBackend(server.url, "m"))
+    c = Controller(ServerBackend(ModelSource(server=server.url, model="m", timeout=60)))
     c.open_image(gui_images["red"])
     turn = c.ask("What colour is the square?")
     poll_until(c, lambda: turn.answer)

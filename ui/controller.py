@@ -11,9 +11,10 @@ so the state is only ever touched by one thread and the UI never waits on the mo
 
 A backend is anything with ``load()`` (slow, may raise :class:`BackendError`), ``description``
 and ``ask(image, question, should_stop) -> Iterator[str]`` yielding answer pieces:
-:class:`LocalBackend` (a checkpoint through ``inference.predictor.Predictor``) and
+:class:`PredictorBackend` (a checkpoint, LLaVA export or GGUF export the app runs itself) and
 :class:`ServerBackend` (an OpenAI-compatible ``/v1/chat/completions`` endpoint: vLLM,
-``transformers serve``, through ``inference.remote.RemotePredictor``, the client ``infer.py`` uses).
+``transformers serve``, through ``inference.remote.RemotePredictor``, the client ``infer.py`` uses),
+both opened from an :class:`inference.source.ModelSource`, as ``infer.py`` opens its model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from inference.source import ModelSource
 from visual.preprocess import load_image
 
 
@@ -52,26 +54,18 @@ class Backend(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
-class LocalBackend:
-    """A local checkpoint (or run directory) answered by :class:`inference.predictor.Predictor`."""
+class PredictorBackend:
+    """A model the app runs itself -- a checkpoint, a run directory, a LLaVA export or a GGUF export
+    (llama.cpp) -- opened by :meth:`inference.source.ModelSource.open`, as ``infer.py`` opens it."""
 
-    def __init__(self, checkpoint: str | Path, settings=None, device: str | None = None,
-                 dtype: str | None = None, quantize: str | None = None) -> None:
-        self.checkpoint = Path(checkpoint)
+    def __init__(self, source: ModelSource, settings=None) -> None:
+        self.source = source
         self.settings = settings
-        self.device = device
-        self.dtype = dtype
-        self.quantize = quantize  # overrides a QLoRA checkpoint's own setting (e.g. "none")
         self.predictor = None
 
     @property
     def description(self) -> str:
-        return f"checkpoint {self.checkpoint}"
-
-    def open(self):
-        from inference.predictor import Predictor  # torch and transformers: import off the UI thread
-
-        return Predictor.from_checkpoint(self.checkpoint, dtype=self.dtype, device=self.device, quantize=self.quantize)
+        return self.source.describe()
 
     def load(self) -> None:
         if self.predictor is not None:
@@ -79,7 +73,7 @@ class LocalBackend:
         from errors import UserError
 
         try:
-            self.predictor = self.open()
+            self.predictor = self.source.open(concurrency=1)  # torch and transformers: off the UI thread
         except (FileNotFoundError, ValueError, OSError, KeyError, UserError) as exc:
             raise BackendError(f"cannot load the model: {exc}") from None
 
@@ -93,35 +87,21 @@ class LocalBackend:
             raise BackendError(str(exc)) from None
 
 
-class GGUFBackend(LocalBackend):
-    """A GGUF export answered by llama.cpp (:class:`inference.gguf.GGUFPredictor`), to check an
-    export in the same window as its checkpoint."""
-
-    @property
-    def description(self) -> str:
-        return f"GGUF {self.checkpoint}"
-
-    def open(self):
-        from inference.gguf import GGUFPredictor
-
-        return GGUFPredictor(self.checkpoint)
-
-
 class ServerBackend:
     """An OpenAI-compatible server (vLLM, ``transformers serve``) through ``infer.py``'s client,
-    :class:`inference.remote.RemotePredictor` (stdlib HTTP; the image goes as a PNG data URL).
+    :class:`inference.remote.RemotePredictor` (stdlib HTTP; the image goes as a PNG data URL),
+    opened by :meth:`inference.source.ModelSource.open` like every other model.
 
     ``load()`` checks that the server answers ``GET /v1/models`` (so a wrong URL is reported when
     the app starts, not at the first question) and picks the model when none was named. ``ask``
     streams the answer over SSE; with ``stream=False`` it yields the whole answer at once.
     """
 
-    def __init__(self, url: str, model: str | None = None, settings=None, timeout: float = 60.0,
-                 api_key: str | None = None, stream: bool = True) -> None:
-        from inference.remote import RemoteError, RemotePredictor
+    def __init__(self, source: ModelSource, settings=None, stream: bool = True) -> None:
+        from inference.remote import RemoteError
 
         try:
-            self.remote = RemotePredictor(url, model, timeout=timeout, api_key=api_key, concurrency=1)
+            self.remote = source.open(concurrency=1)
         except RemoteError as exc:
             raise BackendError(str(exc)) from None
         self.settings = settings
