@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Tuple
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tools.run_demo import (  # noqa: E402
+from tools.run_demo import (
     DEMO_NUM_CAPTIONS, DEMO_NUM_TRAIN, DEMO_TRAIN_WEIGHTS, demo_sources, evaluate, make_data, run,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

@@ -345,7 +345,8 @@ def run(config: Config) -> MergeStats:
         result = merge(config)
         if not result.records:
             raise NothingAccepted(result.stats)
-        write_outputs(config.data.output_dir, output_documents(result))
+        write_outputs(config.data.output_dir,
+                      output_documents(result.images, result.records, result.stats.to_dict(), result.preferences))
     return result.stats
 
 

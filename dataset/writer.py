@@ -10,13 +10,10 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from json.encoder import encode_basestring
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from atomic import write_documents
 from dataset.sources import MergeError
-
-if TYPE_CHECKING:
-    from dataset.merge import MergeResult
 
 OUTPUT_FILES = ("images.json", "qa.json", "stats.json")
 # Written beside them when a source yields preference pairs (the reviewed source's edits).
@@ -62,16 +59,18 @@ def join_document(open_: str, pieces: Iterable[str], close: str) -> Iterator[str
     yield "\n" + close + "\n"
 
 
-def output_documents(result: "MergeResult") -> dict[str, Iterable[str]]:
-    """File name -> text pieces of images.json, qa.json, stats.json (and preferences.jsonl)."""
-    images = (format_image(i, path, source) for i, (path, source) in enumerate(result.images))
+def output_documents(images: list[tuple[str, str]], records: list[dict[str, Any]], stats: dict[str, Any],
+                     preferences: list[dict[str, Any]]) -> dict[str, Iterable[str]]:
+    """File name -> text pieces of images.json (``images[i]``: the (path, source) of image id i),
+    qa.json, stats.json (and preferences.jsonl when there are preference pairs)."""
+    image_pieces = (format_image(i, path, source) for i, (path, source) in enumerate(images))
     documents = {
-        "images.json": join_document("{", images, "}"),
-        "qa.json": join_document("[", map(format_record, result.records), "]"),
-        "stats.json": [json.dumps(result.stats.to_dict(), ensure_ascii=False, indent=1) + "\n"],
+        "images.json": join_document("{", image_pieces, "}"),
+        "qa.json": join_document("[", map(format_record, records), "]"),
+        "stats.json": [json.dumps(stats, ensure_ascii=False, indent=1) + "\n"],
     }
-    if result.preferences:
-        documents[PREFERENCES_FILE] = (json.dumps(p, ensure_ascii=False) + "\n" for p in result.preferences)
+    if preferences:
+        documents[PREFERENCES_FILE] = (json.dumps(p, ensure_ascii=False) + "\n" for p in preferences)
     return documents
 
 

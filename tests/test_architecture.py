@@ -115,3 +115,57 @@ def test_no_code_branches_on_a_stage_name():
             if branch.search(code):
                 wrong.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not wrong, "branches on a stage name (ask training.stages.stage_of(cfg) instead):\n" + "\n".join(wrong)
+
+
+def test_the_architecture_doc_states_the_allowed_imports():
+    """docs/architecture.md's table says, per package, what it may import (besides config and errors,
+    which every package may use): exactly ALLOWED above, so the picture cannot drift from the rule."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (`[^|]+`) \| [^\n]* \| ([^|\n]+) \|$", text, flags=re.MULTILINE)
+    documented = {}
+    for names, imports in rows:
+        for name in re.findall(r"`([\w.]+?)(?:/|\.py)?`", names):
+            documented[name] = {i.strip() for i in imports.split(",")} - {"-"}
+    for name, allowed in ALLOWED.items():
+        assert name in documented, f"docs/architecture.md's table has no row for {name}"
+        expected = {"any package above"} if name == "commands" else allowed - {"config", "errors"}
+        assert documented[name] == expected, f"docs/architecture.md says {name} imports {sorted(documented[name])}, " \
+                                             f"tests/test_architecture.py allows {sorted(expected)}"
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Library module -> the library modules it imports (anywhere in the file, lazily or for types too)."""
+    modules = {}
+    for path in python_files():
+        if top(path) in LIBRARY:
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                deps |= {m for m in [node.module, *(f"{node.module}.{a.name}" for a in node.names)] if m in modules}
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    """No import cycle between library modules, not even a lazy or type-only one: each module can be
+    read (and changed) after the ones it uses."""
+    graph = module_graph()
+    cycles = []
+
+    def visit(node, path, seen):
+        for nxt in graph[node]:
+            if nxt == path[0]:
+                cycles.append(" -> ".join([*path, nxt]))
+            elif nxt not in seen and nxt > path[0]:  # report each cycle once, from its smallest module
+                seen.add(nxt)
+                visit(nxt, [*path, nxt], seen)
+
+    for start in sorted(graph):
+        visit(start, [start], {start})
+    assert not cycles, "import cycles:\n" + "\n".join(cycles[:10])

@@ -16,7 +16,6 @@ from tests.conftest import ROOT
 # A writer that starts a document and a directory, then hangs until it is killed.
 HANGING_WRITER = """
 import sys, time
-sys.path.insert(0, {root!r})
 from atomic import replace_directory, write_documents
 
 def forever():

@@ -332,7 +332,8 @@ def _tiny_config(tiny, *extra):
 
 
 def test_learning_rate_groups_take_zero_as_a_rate(tiny):
-    from training.build import build_model, param_groups
+    from training.build import param_groups
+    from training.stages import build_model
 
     def rates(*extra):
         cfg = _tiny_config(tiny, "train.learning_rate=1e-3", *extra)
@@ -347,7 +348,7 @@ def test_learning_rate_groups_take_zero_as_a_rate(tiny):
 
 def test_init_from_takes_an_earlier_stage_and_refuses_another_layout(tiny, tmp_path, capsys):
     from errors import UserError
-    from training.build import build_model
+    from training.stages import build_model
 
     # A pretrain-stage checkpoint: a projector with known weights.
     pre = base_model(tiny)

@@ -17,14 +17,12 @@ import io
 import os
 import random
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation.vqa_metric import (  # noqa: E402
+from evaluation.vqa_metric import (
     exact_match,
     normalize_answer,
     process_digit_article,

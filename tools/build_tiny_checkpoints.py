@@ -25,11 +25,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script: tools.* imports
-CHECKPOINTS = ROOT / "checkpoints"
+from atomic import replace_directory
 
-from atomic import replace_directory  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS = ROOT / "checkpoints"
 
 # Qwen2.5's added tokens, in id order from 151643 (tokenizer_config.json of Qwen2.5-*-Instruct).
 # The bool says whether the token is "special" (tool/FIM tokens are plain added tokens there).

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 from random import Random
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tools.make_demo_data import COLORS, POSITIONS, SHAPES
+from tools.run_demo import evaluate, run, save_twin_plot
 
-from tools.make_demo_data import COLORS, POSITIONS, SHAPES  # noqa: E402
-from tools.run_demo import evaluate, run, save_twin_plot  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # The long-winded answers of the seeds' example, around a correct answer.
 VERBOSE = ("Looking at the image carefully, I would say that the answer is {}.",

@@ -1,4 +1,5 @@
-"""The model a training run starts from, and the optimizer's parameter groups."""
+"""Building blocks of the model a training run starts from (``training.stages`` puts them together
+per stage), and the optimizer's parameter groups."""
 
 from __future__ import annotations
 
@@ -6,14 +7,6 @@ import torch
 
 from config import Config, TrainSettings
 from errors import UserError
-
-
-def build_model(cfg: Config):
-    """The model a run starts from, set up by the configured stage (``training.stages``: what
-    trains, LoRA, an earlier stage's weights), with compiled layers when asked."""
-    from training.stages import stage_of
-
-    return _compiled(stage_of(cfg).build_model(cfg), cfg.train)
 
 
 def supervised_model(cfg: Config, finetune: str):
@@ -36,7 +29,8 @@ def supervised_model(cfg: Config, finetune: str):
     return model
 
 
-def _compiled(model, t: TrainSettings):
+def compiled(model, t: TrainSettings):
+    """Layers compiled when ``train.torch_compile``; what trains in fp32 master weights."""
     if t.torch_compile:
         model.compile_layers()
     # Master weights of what trains stay fp32; bf16 compute comes from autocast (or DeepSpeed).

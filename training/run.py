@@ -49,9 +49,8 @@ def _held_out_records(cfg: Config):
 def train(cfg: Config) -> Path:
     """Run the configured training to the end (or its stop step / time limit); returns the
     output directory, which then holds the final weights beside its ``checkpoint-N``."""
-    from training.build import build_model
     from training.callbacks import WallClock
-    from training.stages import stage_of
+    from training.stages import build_model, stage_of
     from training.trainer import training_arguments
 
     t = cfg.train

@@ -78,6 +78,14 @@ STAGES = {
 }
 
 
+def build_model(cfg: Config):
+    """The model a run starts from, set up by the configured stage (what trains, LoRA, an earlier
+    stage's weights), with compiled layers when asked."""
+    from training.build import compiled
+
+    return compiled(stage_of(cfg).build_model(cfg), cfg.train)
+
+
 def stage_of(cfg: Config) -> Stage:
     """The configured stage; an unknown name is one line listing the known ones."""
     target = STAGES.get(cfg.train.stage)
