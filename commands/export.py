@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     declared = {}  # flag -> (format, option): each format declares its own options
     for name in sorted(FORMATS):
         group = parser.add_argument_group(f"--format {name}")
-        for option in exporter(name).OPTIONS:
+        for option in FORMATS[name].options:
             declared[option.flag] = (name, option)
             group.add_argument(option.flag, default=None, choices=option.choices,
                                help=f"{option.help} (default: {option.default})")

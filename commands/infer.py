@@ -23,6 +23,7 @@ batch output (--output FILE.jsonl), one line per image (or per record of a merge
   {"image": "photos/b.jpg", "question": "...", "answer": "maybe a cat", "confidence": -0.9, "review": true,
    "flags": ["low_confidence", "hedge:maybe"]}
   {"image": "photos/broken.jpg", "question": "...", "error": "photos/broken.jpg: not a readable image (...)"}
+  {"image": "photos/c.jpg", "question": "...", "error": "http://...: HTTP 500: ...", "retry": true}
 
 confidence is the mean log-probability of the answer's tokens; review is true (and flags says why)
 when it is below generation.review_threshold (low_confidence), when the answer holds one of
@@ -34,7 +35,9 @@ The file's first line records what produced its answers ({"produced_by": {"model
 Lines are appended and fsynced batch by batch; re-running the same command skips what the file
 already answers (and repairs a last line cut off by a crash), so an interrupted run is resumed by
 running it again. A re-run with another model or other generation settings stops with one line
-saying what differs (--overwrite starts the file again). Errors are retried with --retry-errors.
+saying what differs (--overwrite starts the file again). A question the server failed on (an HTTP
+error, an error inside the stream, a reply without an answer, a connection cut mid-answer) is an
+error line with "retry": true, asked again by every run; other errors with --retry-errors.
 
 exit status: 0 done; 2 bad input (a missing or unreadable image, a folder without images, an empty
 question, a directory that is not a checkpoint), with one line on stderr; 130 interrupted.

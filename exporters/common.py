@@ -8,7 +8,7 @@ layout and writes its files into the temporary directory ``atomic.replace_direct
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +16,11 @@ import torch
 from atomic import replace_directory
 from errors import UserError
 from model.checkpoints import resolve_checkpoint
+
+
+def stderr_warning(message: str) -> None:
+    """How an export says something the user should know but that does not stop it."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 class ExportRefused(UserError):
@@ -61,21 +66,6 @@ def resolve(checkpoint: str | Path) -> Path:
     except FileNotFoundError as exc:
         message = str(exc)
         raise ExportRefused(message if "incomplete checkpoint" in message else f"incomplete checkpoint: {message}") from None
-
-
-@dataclass(frozen=True)
-class Option:
-    """A command-line option of one export format (``export.py`` adds it; another format's
-    options given with this format are refused)."""
-
-    flag: str
-    default: object
-    help: str
-    choices: tuple[str, ...] | None = None
-
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
 
 
 class Checkpoint:

@@ -32,11 +32,11 @@ import torch
 from exporters.common import (
     Checkpoint,
     ExportRefused,
-    Option,
     as_checkpoint,
     check_output,
     export_directory,
     merged_lm_state,
+    stderr_warning,
 )
 from qwen.chat_template import chat_template, default_system_prompt
 
@@ -451,20 +451,13 @@ llm.close()
 """
 
 
-def _stderr_warning(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-OPTIONS = (Option("--quantize", "f16", "language-model type: f16 (default), f32, q8_0 or q4_k_m"),)
-
-
 def summary(output: Path, quantize: str = "f16") -> list[str]:
     """What export.py prints when the export is written."""
     return [f"gguf, {quantize}", f"run it with llama.cpp: see {output.resolve() / 'README.md'}"]
 
 
 def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite: bool = False,
-           quantize: str = "f16", warn: Callable[[str], None] = _stderr_warning) -> Path:
+           quantize: str = "f16", warn: Callable[[str], None] = stderr_warning) -> Path:
     """Write the GGUF export of ``checkpoint`` (a path, or one already opened:
     ``exporters.common.Checkpoint``) to ``output``; GGUF types come from ``quantize``. All files go
     to a temporary sibling directory renamed into place at the end, so a refusal or crash leaves no

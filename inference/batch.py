@@ -111,7 +111,9 @@ def read_done(path: Path, retry_errors: bool) -> tuple[set, int]:
                 continue
             try:
                 entry = json.loads(line)
-                if "answer" in entry or ("error" in entry and not retry_errors):
+                # A server's failure ("retry": true) is asked again by every run; an item's own error
+                # (an unreadable image) only with --retry-errors.
+                if "answer" in entry or ("error" in entry and not retry_errors and not entry.get("retry")):
                     done.add(item_key(entry.get("id"), entry.get("image"), entry.get("question")))
             except (ValueError, AttributeError, TypeError):
                 bad += 1
@@ -170,13 +172,18 @@ def run_batch(predictor, items: list[Item], output: Path, settings, batch_size: 
                     ready.append(i)
                 except ValueError as exc:  # an unreadable image, a question too long for the model
                     entries[i] = {**item.head(), "error": one_line(exc)}
+            answered = 0
             if ready:
                 answers = predictor.answer(images, [chunk[i].question for i in ready], settings)
                 for i, answer in zip(ready, answers):
+                    if getattr(answer, "error", None):  # the server failed: an error line, asked again next run
+                        entries[i] = {**chunk[i].head(), "error": answer.error, "retry": True}
+                        continue
                     entries[i] = answer_entry(chunk[i], answer.text, answer.mean_logprob, rules)
                     counts["review"] += entries[i]["review"]
-            counts["answered"] += len(ready)
-            counts["errors"] += len(chunk) - len(ready)
+                    answered += 1
+            counts["answered"] += answered
+            counts["errors"] += len(chunk) - answered
             append_lines(f, entries)
             bar.update(len(chunk))
     return counts

@@ -38,6 +38,10 @@ class RemoteAnswer:
     text: str
     # Mean token log-probability, or None when the server returned no logprobs.
     mean_logprob: float | None
+    # Set when the server failed on this question (an HTTP error, an error object, a reply without
+    # an answer, a connection cut mid-answer): there is no answer, and callers write an error line
+    # that a resumed run asks again, never ``text`` as if it were one.
+    error: str | None = None
 
 
 def image_data_url(image: str | Path | Image.Image) -> str:
@@ -117,7 +121,8 @@ class ChatCompletionsPredictor:
             choice = reply["choices"][0]
             text = choice["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise RemoteError(f"{self.describe()}: unexpected reply {_one_line(json.dumps(reply, default=str))}") from None
+            raise RemoteError(f"{self.describe()}: the reply held no answer (no choices): "
+                              f"{_one_line(json.dumps(reply, default=str))}") from None
         return RemoteAnswer(text.strip(), _mean_logprob(choice.get("logprobs")))
 
     def describe(self) -> str:
@@ -125,25 +130,37 @@ class ChatCompletionsPredictor:
 
     def answer(self, images, questions, settings=None) -> list[RemoteAnswer]:
         """Ask every (image, question) pair; up to ``concurrency`` requests in flight (a server
-        such as vLLM batches concurrent requests itself)."""
+        such as vLLM batches concurrent requests itself). A question the server fails on comes back
+        with ``error`` set (the others still count); a server that cannot be reached at all stops
+        the run."""
         images, questions = list(images), list(questions)
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         self.model_name()
+
+        def one(pair) -> RemoteAnswer:
+            try:
+                return self.ask(pair[0], pair[1], settings)
+            except RemoteError as exc:
+                if str(exc).startswith("cannot reach"):
+                    raise
+                return RemoteAnswer("", None, error=str(exc))
+
         if len(images) <= 1 or self.concurrency == 1:
-            return [self.ask(i, q, settings) for i, q in zip(images, questions)]
+            return [one(pair) for pair in zip(images, questions)]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(images))) as pool:
-            return list(pool.map(lambda pair: self.ask(pair[0], pair[1], settings), zip(images, questions)))
+            return list(pool.map(one, zip(images, questions)))
 
     def stream(self, image, question: str, settings=None, should_stop=lambda: False) -> Iterator[str]:
         """Yield answer pieces as they come; leading whitespace is dropped and trailing whitespace
         held back, so the pieces join to the stripped answer."""
-        emitted, pending = False, ""
+        emitted, pending, answered = False, "", False
         for chunk in self.complete_stream(self.payload(image, question, settings, stream=True)):
             if should_stop():
                 return
             try:
                 delta = chunk["choices"][0].get("delta") or {}
+                answered = True
             except (KeyError, IndexError, TypeError, AttributeError):
                 continue
             piece = delta.get("content") or ""
@@ -155,6 +172,21 @@ class ChatCompletionsPredictor:
             if body:
                 emitted = True
                 yield body
+        if not answered:
+            raise RemoteError(f"{self.describe()}: the streamed reply held no answer (no chunk with choices)")
+
+
+def stream_error(chunk) -> str | None:
+    """The message of an error object sent inside a stream (vLLM sends ``{"error": {...}}``, others
+    ``{"object": "error", "message": ...}``), or None for an ordinary chunk."""
+    if not isinstance(chunk, dict):
+        return None
+    error = chunk.get("error")
+    if error is None and chunk.get("object") != "error":
+        return None
+    if isinstance(error, dict):
+        return _one_line(error.get("message") or json.dumps(error))
+    return _one_line(error if isinstance(error, str) else chunk.get("message") or json.dumps(chunk))
 
 
 class RemotePredictor(ChatCompletionsPredictor):
@@ -216,9 +248,14 @@ class RemotePredictor(ChatCompletionsPredictor):
         return self.model
 
     def complete(self, payload: dict) -> dict:
+        import http.client
+
         try:
             with self._request("/v1/chat/completions", payload) as response:
-                return json.loads(response.read().decode("utf-8"))
+                try:
+                    return json.loads(response.read().decode("utf-8"))
+                except (OSError, http.client.HTTPException) as exc:
+                    raise RemoteError(f"{self.base}: the connection was cut mid-answer ({_one_line(exc)})") from None
         except RemoteError as exc:
             if "logprobs" in payload and "HTTP 4" in str(exc):
                 self._logprobs = False  # retry once without the optional logprobs
@@ -229,7 +266,12 @@ class RemotePredictor(ChatCompletionsPredictor):
 
     def complete_stream(self, payload: dict) -> Iterator[dict]:
         """Server-sent events, one chunk per ``data:`` line; a server that ignores ``stream``
-        answers with one ordinary completion, passed on as a single chunk."""
+        answers with one ordinary completion, passed on as a single chunk. An error object in the
+        stream, or a stream that ends before the server said it was done (``[DONE]`` or a
+        ``finish_reason``), is a :class:`RemoteError`: an answer cut short is never passed on as
+        a whole one."""
+        import http.client
+
         with self._request("/v1/chat/completions", payload) as response:
             if "text/event-stream" not in (response.headers.get("Content-Type") or "text/event-stream"):
                 try:
@@ -238,17 +280,32 @@ class RemotePredictor(ChatCompletionsPredictor):
                     raise RemoteError(f"{self.base}: unexpected reply to a streamed request") from None
                 yield {"choices": [{"delta": {"content": text}}]}
                 return
-            for raw in response:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[len("data:"):].strip()
-                if data == "[DONE]":
-                    return
-                try:
-                    yield json.loads(data)
-                except ValueError:
-                    continue
+            finished = False
+            try:
+                for raw in response:
+                    line = raw.decode("utf-8", "replace").strip()
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[len("data:"):].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        continue
+                    message = stream_error(chunk)
+                    if message is not None:
+                        raise RemoteError(f"{self.base}: the server reported an error mid-answer: {message}")
+                    try:
+                        finished = finished or any(c.get("finish_reason") for c in chunk["choices"])
+                    except (KeyError, TypeError, AttributeError):
+                        pass
+                    yield chunk
+            except (OSError, http.client.HTTPException) as exc:
+                raise RemoteError(f"{self.base}: the connection was cut mid-answer ({_one_line(exc)})") from None
+            if not finished:
+                raise RemoteError(f"{self.base}: the connection ended mid-answer (the server never said the answer "
+                                  "was complete); the answer is incomplete")
 
 
 def _mean_logprob(logprobs) -> float | None:

@@ -22,14 +22,17 @@ class FakeOpenAI:
 
     ``fail_with``: answer every request with that HTTP error. ``delay``: seconds between chunks.
     ``ignore_stream``: answer streamed requests with one JSON completion, as some servers do.
+    ``misbehave``: ``"stream_error"`` (an error object after the first piece, as vLLM sends when
+    its engine dies), ``"no_choices"`` (a 200 reply, or chunks, without choices) or ``"cut"`` (the
+    connection closed half-way through the reply).
     ``requests`` holds every request body; ``closed_early`` is set when the client hung up
     while chunks were still being sent."""
 
     def __init__(self, answer: str | Callable[[dict], str], *, model_id: str = "tiny-vqa",
                  pieces: Callable[[str], list[str]] = word_pieces, delay: float = 0.0,
-                 fail_with: int | None = None, ignore_stream: bool = False) -> None:
+                 fail_with: int | None = None, ignore_stream: bool = False, misbehave: str | None = None) -> None:
         self.answer, self.model_id, self.pieces, self.delay = answer, model_id, pieces, delay
-        self.fail_with, self.ignore_stream = fail_with, ignore_stream
+        self.fail_with, self.ignore_stream, self.misbehave = fail_with, ignore_stream, misbehave
         self.requests: list[dict] = []
         self.closed_early = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -67,15 +70,37 @@ class FakeOpenAI:
                 answer = fake.answer(body) if callable(fake.answer) else fake.answer
                 if not body.get("stream") or fake.ignore_stream:
                     logprobs = {"content": [{"token": "x", "logprob": -0.5}, {"token": "y", "logprob": -1.5}]}
-                    return self._json(200, {"object": "chat.completion", "choices": [
+                    if fake.misbehave == "no_choices":
+                        return self._json(200, {"object": "chat.completion", "choices": []})
+                    reply = {"object": "chat.completion", "choices": [
                         {"index": 0, "message": {"role": "assistant", "content": answer}, "logprobs": logprobs,
-                         "finish_reason": "stop"}]})
+                         "finish_reason": "stop"}]}
+                    if fake.misbehave == "cut":  # promise the whole reply, send half of it, hang up
+                        data = json.dumps(reply).encode()
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data[: len(data) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    return self._json(200, reply)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
                 try:
-                    for piece in fake.pieces(answer):
+                    for n, piece in enumerate(fake.pieces(answer)):
+                        if fake.misbehave == "stream_error" and n == 1:
+                            error = {"error": {"message": "EngineCore encountered an issue", "type": "InternalServerError",
+                                               "code": 500}}
+                            self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+                            return
+                        if fake.misbehave == "cut" and n == 1:
+                            return  # hang up without [DONE]
                         chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+                        if fake.misbehave == "no_choices":
+                            chunk = {"object": "chat.completion.chunk"}
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
                         time.sleep(fake.delay)

@@ -445,3 +445,28 @@ def test_model_replies_are_written_as_the_results_file_holds_them(trained, tmp_p
     assert json.loads((out / "gqa_results.json").read_text()) == [{"questionId": "1", "prediction": gqa_results_answer(reply)}]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["coverage"]["not_asked"] == 1 and metrics["errors"] == 1
+
+
+def test_a_server_failing_on_questions_leaves_them_unanswered_and_asked_again(trained, tmp_path, capsys):
+    """evaluate.py --server: a question the server fails on (here: a reply without choices) is an
+    error line in predictions.jsonl, never an empty answer scored as wrong; the run is partial and
+    refused without --allow-partial; when the server recovers, the same command asks just those."""
+    from tests.fake_openai import FakeOpenAI
+
+    questions, annotations, coco = vqa_files(tmp_path, images=True)
+    server = FakeOpenAI("red", misbehave="no_choices")
+    out = tmp_path / "served"
+    args = ["--server", server.url, "--benchmark", "vqav2", "--questions", str(questions), "--annotations",
+            str(annotations), "--images", str(coco), "--output", str(out)]
+    try:
+        with pytest.raises(SystemExit):
+            evaluate.main(args)
+        assert "answers 0 of 3 questions; 3 could not be asked" in capsys.readouterr().err
+        lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()[1:]]
+        assert len(lines) == 3 and all("answer" not in line and "held no answer" in line["error"] for line in lines)
+        server.misbehave = None
+        assert evaluate.main(args) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["count"] == 3 and metrics["coverage"]["complete"] and len(server.requests) == 6
+    finally:
+        server.close()

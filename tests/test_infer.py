@@ -316,6 +316,42 @@ def test_server_mode_sends_the_image_and_question(fake_server, trained, tmp_path
     assert list(RemotePredictor(fake_server.url, "m").stream(trained.blue, "Q?")) == ["blue (Q?)"]
 
 
+@pytest.mark.parametrize("misbehave, message", [
+    ("stream_error", "the server reported an error mid-answer: EngineCore encountered an issue"),
+    ("no_choices", "held no answer"),
+    ("cut", "mid-answer"),
+    (500, "HTTP 500: model exploded"),
+])
+def test_a_server_error_is_never_an_answer(trained, tmp_path, capsys, misbehave, message):
+    """Whatever goes wrong on the server's side -- an error object inside the stream, a reply
+    without choices, a connection cut half-way, a non-200 status -- one question ends with one line
+    and a non-zero exit; a batch and a benchmark write an error line (never an empty answer) that
+    the next run asks again; merged-data evaluation counts it as an error, not a wrong answer."""
+    kind = {"fail_with": misbehave} if isinstance(misbehave, int) else {"misbehave": misbehave}
+    server = FakeOpenAI("red square", **kind)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            infer.main(["--server", server.url, "--image", str(trained.red), "--question", QUESTION])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+        if misbehave == "stream_error":  # the error object is a streaming reply's; batches do not stream
+            return
+        out = tmp_path / "answers.jsonl"
+        assert infer.main(["--server", server.url, "--images", str(trained.images / "sub"), "--question", QUESTION,
+                           "--output", str(out)]) == 0
+        line = json.loads(out.read_text().splitlines()[-1])
+        assert "answer" not in line and message in line["error"] and line["retry"] is True
+        assert "0 answered, 1 errors" in capsys.readouterr().err
+        server.misbehave, server.fail_with = None, None  # the server recovers: the next run asks again
+        assert infer.main(["--server", server.url, "--images", str(trained.images / "sub"), "--question", QUESTION,
+                           "--output", str(out)]) == 0
+        assert read_jsonl(out)[-1]["answer"] == "red square"
+    finally:
+        server.close()
+
+
 def test_unreachable_server_is_one_line(trained, capsys):
     with pytest.raises(SystemExit) as exc:
         infer.main(["--server", f"http://127.0.0.1:{free_port()}", "--model", "m", "--image", str(trained.red),

@@ -200,6 +200,16 @@ def test_server_errors_are_reported_and_the_app_keeps_working(answer_server, gui
     events = c.wait_idle()
     assert events[-1].kind == "error" and "500" in events[-1].text and "model exploded" in events[-1].text
 
+    for misbehave, message in (("stream_error", "error mid-answer: EngineCore"), ("cut", "mid-answer"),
+                               ("no_choices", "held no answer")):
+        broken = answer_server(misbehave=misbehave)  # a part of the answer may have been shown; then the error
+        c.load_backend(ServerBackend(ModelSource(server=broken.url, timeout=60)))
+        c.wait_idle()
+        c.ask("What colour is the square?")
+        events = c.wait_idle()
+        assert events[-1].kind == "error" and message in events[-1].text, events[-1]
+        assert c.history[-1].state == "error"
+
     working = answer_server()
     c.load_backend(ServerBackend(ModelSource(server=working.url, timeout=60)))
     c.wait_idle()

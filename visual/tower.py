@@ -113,12 +113,15 @@ class SiglipTower(VisionTower):
 
 
 def siglip_preprocessor(name_or_path: str, image_size: int) -> ImagePreprocessor:
-    """Mean/std from the checkpoint's preprocessor_config.json when present (SigLIP: 0.5/0.5)."""
+    """Mean/std from the checkpoint's preprocessor_config.json when present (SigLIP: 0.5/0.5), and
+    padding to a square when it says ``do_pad`` (a LLaVA export of a model trained with
+    ``model.image_aspect: pad``: its ``LlavaImageProcessor`` pads, as stock transformers and vLLM
+    do, so answering the export locally must pad too)."""
     import json
 
     from transformers.utils import cached_file
 
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    mean, std, aspect = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash"
     try:
         path = cached_file(name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
     except OSError:
@@ -127,7 +130,8 @@ def siglip_preprocessor(name_or_path: str, image_size: int) -> ImagePreprocessor
         cfg = json.loads(Path(path).read_text())
         mean = tuple(cfg.get("image_mean", mean))
         std = tuple(cfg.get("image_std", std))
-    return ImagePreprocessor(size=image_size, image_mean=mean, image_std=std)
+        aspect = "pad" if cfg.get("do_pad") else "squash"
+    return ImagePreprocessor(size=image_size, image_mean=mean, image_std=std, aspect=aspect)
 
 
 class TimmTower(VisionTower):

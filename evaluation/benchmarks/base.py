@@ -72,9 +72,10 @@ class Loaded:
         if len(self.examples) < 5:
             self.examples.append(f"{reason}: {example}")
 
-    def known(self, qid: str) -> bool:
-        """Whether ``qid`` is a question id the benchmark's files hold (usable or skipped)."""
-        return qid in self._ids
+    def known_ids(self) -> set[str]:
+        """The question ids the benchmark's files hold: usable, skipped, or not scored (GQA's
+        unbalanced questions)."""
+        return self._ids | {q.qid for q in self.questions}
 
     def admit(self, qid: str, image: Path | None) -> bool:
         """Whether a question can be used: a repeated id or a missing image file is a counted skip

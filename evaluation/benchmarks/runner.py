@@ -88,9 +88,15 @@ def answer_all(predictor, questions: Sequence[Question], output: Path, settings,
                     errors.append({"qid": q.qid, "error": one_line(exc)})
             if chunk:
                 replies = predictor.answer(images, [ask(q, suffix) for q in chunk], settings)
-                lines = [{"qid": q.qid, "question": q.question, "answer": r.text} for q, r in zip(chunk, replies)]
+                lines = []
+                for q, r in zip(chunk, replies):
+                    if getattr(r, "error", None):  # the server failed on it: no answer, asked again on resume
+                        errors.append({"qid": q.qid, "error": r.error})
+                        lines.append({"qid": q.qid, "question": q.question, "error": r.error})
+                    else:
+                        lines.append({"qid": q.qid, "question": q.question, "answer": r.text})
+                        answers[q.qid] = r.text
                 append_lines(f, lines)
-                answers.update((q.qid, r.text) for q, r in zip(chunk, replies))
             bar.update(len(pending[start:start + batch_size]))
     return answers, errors
 
@@ -196,7 +202,8 @@ def coverage(loaded: Loaded, questions: Sequence[Question], answers: Mapping[str
              not_asked: int = 0) -> Coverage:
     """The coverage of ``answers`` (a results file's, all of them) over ``questions`` (the set scored:
     ``loaded.questions`` or its first ``limit``)."""
-    unknown = [qid for qid in answers if not loaded.known(qid)]
+    known = loaded.known_ids()
+    unknown = [qid for qid in answers if qid not in known]
     wanted = {q.qid for q in questions}
     return Coverage(questions=len(questions), answered=sum(qid in wanted for qid in answers),
                     in_benchmark=len(loaded.questions), skipped=loaded.skipped_questions, unknown=len(unknown),
