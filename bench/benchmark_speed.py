@@ -16,39 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools.servers import free_port, start, stop, transformers_serve_command
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def serve(export: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(export),
-                                 "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit(f"transformers serve did not start:\n{log.read_text()[-2000:]}")
 
 
 def main() -> int:
@@ -74,17 +49,18 @@ def main() -> int:
         questions = [Question(str(i), photos[i % len(photos)], asks[i % len(asks)]) for i in range(args.questions)]
         settings = SamplingSettings(max_new_tokens=8)
         local = Predictor.from_checkpoint(checkpoint, device="cpu")
-        server, url = serve(export, work / "serve.log")
+        port = free_port()
+        server, url, _ = start(transformers_serve_command(export, port), port, work / "serve.log", timeout=300)
         remote = RemotePredictor(url, str(export), concurrency=8)
         runs = {"local, batch 1": (local, 1), "local, batch 8": (local, 8), "server, 8 in flight": (remote, 8)}
         rates: dict[str, list[float]] = {name: [] for name in runs}
         for repeat in range(args.repeats + 1):  # the first round warms up
             for name, (predictor, batch) in runs.items():
                 out = work / f"out-{repeat}-{name.replace(' ', '').replace(',', '')}"
-                start = time.perf_counter()
+                begun = time.perf_counter()
                 produced_by = {"bench": name, "generation": {"max_new_tokens": settings.max_new_tokens}}
                 answers, _ = answer_all(predictor, questions, out, settings, batch, SHORT_ANSWER, produced_by)
-                elapsed = time.perf_counter() - start
+                elapsed = time.perf_counter() - begun
                 assert len(answers) == len(questions)
                 if repeat:
                     rates[name].append(len(questions) / elapsed)
@@ -94,12 +70,10 @@ def main() -> int:
             rate = statistics.median(values)
             print(f"{name:22s} {rate:6.2f} questions/s ({rate / base:.2f}x batch 1)")
     finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(20)
+        stop(server)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -52,6 +52,8 @@ VARIANTS = {
     # CPU attention needs head sizes of 32 or more)
     "lm-4-kv-heads": Variant(DEMO_TRAIN_WEIGHTS, (), (("num_key_value_heads", 4),)),
     "lm-3-layers": Variant(DEMO_TRAIN_WEIGHTS, (), (("num_hidden_layers", 3),)),
+    "lm-8-heads-of-32": Variant(DEMO_TRAIN_WEIGHTS, (), (("hidden_size", 256), ("intermediate_size", 512),
+                                                        ("num_attention_heads", 8), ("num_key_value_heads", 4))),
     "lm-8-heads-of-16": Variant(DEMO_TRAIN_WEIGHTS, (), (("num_attention_heads", 8), ("num_key_value_heads", 4))),  # the previous demo
     "steps-3600": Variant(DEMO_TRAIN_WEIGHTS, ("train.max_steps=3600",)),
     "position-weight-3": Variant(("position=3",), ("train.max_steps=2000",)),
