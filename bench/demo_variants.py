@@ -52,10 +52,14 @@ VARIANTS = {
     # CPU attention needs head sizes of 32 or more)
     "lm-4-kv-heads": Variant(DEMO_TRAIN_WEIGHTS, (), (("num_key_value_heads", 4),)),
     "lm-3-layers": Variant(DEMO_TRAIN_WEIGHTS, (), (("num_hidden_layers", 3),)),
+    "lm-6-heads-of-32": Variant(DEMO_TRAIN_WEIGHTS, (), (("hidden_size", 192), ("intermediate_size", 384),
+                                                        ("num_attention_heads", 6), ("num_key_value_heads", 3))),
     "lm-8-heads-of-32": Variant(DEMO_TRAIN_WEIGHTS, (), (("hidden_size", 256), ("intermediate_size", 512),
                                                         ("num_attention_heads", 8), ("num_key_value_heads", 4))),
     "lm-8-heads-of-16": Variant(DEMO_TRAIN_WEIGHTS, (), (("num_attention_heads", 8), ("num_key_value_heads", 4))),  # the previous demo
     "steps-3600": Variant(DEMO_TRAIN_WEIGHTS, ("train.max_steps=3600",)),
+    "lr-3e-3": Variant(DEMO_TRAIN_WEIGHTS, ("train.learning_rate=3.0e-3",)),
+    "exists-weight-2": Variant(("position=4", "exists=2")),
     "position-weight-3": Variant(("position=3",), ("train.max_steps=2000",)),
     "equal-weights": Variant((), ("train.max_steps=2000",)),
     "equal-weights-grouped-projector-2e-3": Variant(
