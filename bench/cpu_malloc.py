@@ -49,11 +49,11 @@ def main() -> None:
     libc = ctypes.CDLL("libc.so.6")
     paths = build_all()
     torch.manual_seed(0)
-    model = VQAModel.from_settings(ModelSettings(vision_model=str(paths["demo-siglip"]), language_model=str(paths["demo-qwen2"]),
+    model = VQAModel.from_settings(ModelSettings(vision_model=str(paths["demo-siglip"]), language_model=str(paths["demo-qwen3"]),
                                                  vision_feature_select="full", system_prompt="", dtype="float32"))
     model.configure_training("full", train_embeddings=False)
     model.train()
-    batch = make_batch(model, load_tokenizer(str(paths["demo-qwen2"])), args.batch)
+    batch = make_batch(model, load_tokenizer(str(paths["demo-qwen3"])), args.batch)
     step = step_fn(model, [p for p in model.parameters() if p.requires_grad], batch)
     settings = {"glibc default": lambda: glibc_defaults(libc),
                 "keep_freed_memory": lambda: keep_freed_memory(TrainSettings(use_cpu=True))}

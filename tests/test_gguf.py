@@ -34,7 +34,7 @@ QUESTION = "What colour is the square?"
 VARIANTS = {
     "lora": (dict(language="tiny-qwen2", select="drop_first", finetune="lora", lora=LORA), "f32"),
     "qwen3": (dict(language="tiny-qwen3", select="full", finetune="full", vision_feature_layer=-2, image_aspect="pad"), None),
-    "untied": (dict(language="demo-qwen2", select="full", finetune="projector"), "q8_0"),
+    "untied": (dict(language="demo-qwen3", select="full", finetune="projector"), "q8_0"),
 }
 # llama.cpp's names (llama-arch.cpp LLM_TENSOR_NAMES for qwen2/qwen3, clip-impl.h TN_*).
 LM_NAMES = {

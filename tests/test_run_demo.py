@@ -83,17 +83,17 @@ def test_the_demo_trains_a_fixed_number_of_steps_never_a_time_budget():
     """The same model on a busy or slow machine as on an idle one: configs/demo.yaml sets the steps
     and no wall-clock budget (train.max_time_seconds stops a run early wherever it is)."""
     demo = load_config(ROOT / "configs" / "demo.yaml")
-    assert demo.train.max_steps == 2400 and demo.train.max_time_seconds is None
+    assert demo.train.max_steps == 1600 and demo.train.max_time_seconds is None
     assert "max_time_seconds" not in (ROOT / "tools" / "run_demo.py").read_text()
 
 
 def test_a_slow_demo_run_says_why_and_that_the_model_is_the_same():
     from tools.run_demo import EXPECTED_STEP_SECONDS, pace_note
 
-    expected = 2400 * EXPECTED_STEP_SECONDS
-    assert pace_note(2400, 1.5 * expected, cores=2, load=2.0) is None  # within 2x: nothing to say
-    busy = pace_note(2400, 3 * expected, cores=2, load=4.1)
+    expected = 1600 * EXPECTED_STEP_SECONDS
+    assert pace_note(1600, 1.5 * expected, cores=2, load=2.0) is None  # within 2x: nothing to say
+    busy = pace_note(1600, 3 * expected, cores=2, load=4.1)
     assert "3.0x" in busy and "other work was competing for the cores (load average 4.1 on 2 cores)" in busy
     assert "The model is the same" in busy
-    assert "this machine has 1 core" in pace_note(2400, 3 * expected, cores=1, load=1.0)
-    assert "slower than the machines" in pace_note(2400, 3 * expected, cores=2, load=2.0)
+    assert "this machine has 1 core" in pace_note(1600, 3 * expected, cores=1, load=1.0)
+    assert "slower than the machines" in pace_note(1600, 3 * expected, cores=2, load=2.0)
