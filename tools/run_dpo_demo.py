@@ -9,7 +9,8 @@ demo (``make demo``; run first if its checkpoint is missing):
 2. preference pairs in the ms-swift format: chosen = the short correct answer, rejected = a
    long-winded one or a wrong short one; training pairs from the training split, held-out pairs
    from the held-out split, merged by ``process_image.py`` (``type: preference``);
-3. ``train.py`` with ``train.stage: dpo`` (LoRA, the adapter-off reference) for at most 3 minutes;
+3. ``train.py`` with ``train.stage: dpo`` (LoRA, the adapter-off reference) for a fixed 300 steps
+   (the same model on every machine, however long it takes);
 4. ``evaluate.py`` on the held-out split before and after: VQA accuracy and the share of short
    answers, and a plot of the reward margin and accuracy over training.
 
@@ -40,12 +41,12 @@ SHORT_WORDS = 3  # an answer of at most this many words counts as short (the dem
 
 # Continuing the SFT demo on the mixed set: enough steps for both styles to be likely answers.
 MIXED_OVERRIDES = ["train.max_steps=300", "train.learning_rate=2e-4", "train.warmup_ratio=0.0",
-                   "train.eval_steps=100", "train.save_steps=300", "train.max_time_seconds=null"]
+                   "train.eval_steps=100", "train.save_steps=300"]
 # The dpo stage: LoRA over the mixed model (adapter off = the reference), projector frozen.
 DPO_OVERRIDES = ["train.stage=dpo", "train.finetune=lora", "train.train_embeddings=true", "train.lora.r=8", "train.lora.alpha=16",
                  "train.lora.dropout=0.0", "train.learning_rate=1e-3", "train.lr_scheduler=constant",
                  "train.warmup_ratio=0.0", "train.dpo.beta=0.1", "train.dpo.sft_weight=1.0", "train.max_steps=300",
-                 "train.max_time_seconds=180", "train.per_device_batch_size=16", "train.eval_batch_size=50",
+                 "train.per_device_batch_size=16", "train.eval_batch_size=50",
                  "train.eval_steps=25", "train.logging_steps=5", "train.save_steps=300", "train.eval_vqa=false",
                  "data.eval_max_samples=null"]
 EVAL_ARGS = ("--max-new-tokens", "32")  # room for a long-winded answer to show itself
