@@ -82,6 +82,15 @@ class LoraSettings:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    # peft's variants: "lora"; "dora" (weight-decomposed: a learned magnitude per output row on
+    # top of the low-rank direction, Liu et al. 2024); "rslora" (scaling alpha/sqrt(r) instead of
+    # alpha/r, so higher ranks keep learning, Kalajdzievski 2023).
+    method: Literal["lora", "dora", "rslora"] = "lora"
+    # How the adapter starts: "default" (A random, B zero: exactly the base model), "gaussian",
+    # or "pissa" (A and B from the top r singular vectors of each weight, the base keeps the
+    # residual; Meng et al. 2024). pissa is recomputed (exact SVD, deterministic) when a
+    # checkpoint loads, so checkpoints still hold only the adapter.
+    init: Literal["default", "gaussian", "pissa"] = "default"
 
 
 @dataclass

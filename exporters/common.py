@@ -134,8 +134,10 @@ def check_output(output: Path, checkpoint: Path, overwrite: bool) -> None:
 def merged_lm_state(model) -> dict[str, torch.Tensor]:
     """The causal LM's weights (``model.*``, ``lm_head.*``) with any LoRA adapter merged in.
 
-    Reads the adapter through peft's ``get_delta_weight`` instead of ``merge_and_unload`` so the
-    model passed in is left exactly as it was.
+    Reads the adapter through peft's ``get_delta_weight`` (and DoRA's magnitudes) instead of
+    ``merge_and_unload`` so the model passed in is left exactly as it was. Works for every
+    ``train.lora.method``: rsLoRA's scaling is inside the delta, and a PiSSA start's residual is
+    the base weight the checkpoint loaded with.
     """
     lm = model.causal_lm
     state = {}
@@ -154,14 +156,22 @@ def merged_lm_state(model) -> dict[str, torch.Tensor]:
             raise ExportRefused(f"LoRA layer {name} is already merged into its base weights")
         key = f"{name}.weight"
         weight = state[key]
-        delta = None
+        merged = weight.to(torch.float32)
         for adapter in module.active_adapters:
             if adapter not in module.lora_A:
                 continue
+            merged = merged + module.get_delta_weight(adapter).to(torch.float32)
             if module.use_dora.get(adapter, False):
-                raise ExportRefused(f"LoRA layer {name} uses DoRA, which this export does not merge")
-            d = module.get_delta_weight(adapter).to(torch.float32)
-            delta = d if delta is None else delta + d
-        if delta is not None:
-            state[key] = (weight.to(torch.float32) + delta).to(weight.dtype)
+                merged = _dora_rescaled(module, adapter, merged)
+        state[key] = merged.to(weight.dtype)
     return state
+
+
+def _dora_rescaled(module, adapter: str, direction: torch.Tensor) -> torch.Tensor:
+    """DoRA's merged weight: each output row of W + BA rescaled to the learned magnitude m
+    (``m * (W + BA) / ||W + BA||``, the norm over the row's inputs), the weight DoRA's forward
+    pass computes with. The norm is taken of the merged weight itself, as DoRA defines it."""
+    if getattr(module, "fan_in_fan_out", False) or direction.ndim != 2:
+        raise ExportRefused(f"DoRA layer {type(module).__name__} is not a plain linear layer; it cannot be merged here")
+    magnitude = module.lora_magnitude_vector[adapter].weight.to(torch.float32)
+    return direction * (magnitude / torch.linalg.norm(direction, dim=1)).unsqueeze(1)

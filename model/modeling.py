@@ -116,12 +116,22 @@ class VQAModel(PreTrainedModel):
 
     def _wrap_lora(self, lora: dict) -> None:
         """LoRA on the language model only: the adapter is built on ``self.language_model``, so
-        module names like ``q_proj`` can never match the vision tower's attention."""
+        module names like ``q_proj`` can never match the vision tower's attention.
+
+        ``method`` and ``init`` are absent from checkpoints written before they existed: plain
+        LoRA with peft's default start. A PiSSA start moves the top singular directions of each
+        adapted weight from the base into the adapter; it is recomputed here on every load (an
+        exact SVD: the residual does not depend on the singular vectors' signs), so the trained
+        adapter that is loaded next lands on the same residual it was trained on.
+        """
         from peft import LoraConfig, get_peft_model
 
+        method, init = lora.get("method", "lora"), lora.get("init", "default")
         cfg = LoraConfig(
             r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
             target_modules=list(lora["target_modules"]), bias="none",
+            use_dora=method == "dora", use_rslora=method == "rslora",
+            init_lora_weights={"default": True, "gaussian": "gaussian", "pissa": "pissa"}[init],
         )
         self.language_model = get_peft_model(self.language_model, cfg)
 

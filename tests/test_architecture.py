@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,11 @@ SKIP = {".venv", ".git", "checkpoints", "data", "outputs", "runs", "wandb", "tes
 
 
 def python_files() -> list[Path]:
-    return sorted(p for p in ROOT.rglob("*.py") if not SKIP & set(p.relative_to(ROOT).parts))
+    """The repository's Python files as git sees them (tracked, or new and not ignored), so local
+    virtual environments and build folders (.venv, .venv-vllm) never count."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return sorted(ROOT / p for p in set(listed) if (ROOT / p).is_file() and not SKIP & set(Path(p).parts))
 
 
 def top(path: Path) -> str:

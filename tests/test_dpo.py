@@ -361,6 +361,7 @@ def test_dpo_refusals_before_any_model_loads(tiny, merged, preference_data, tmp_
         ("train.dpo.label_smoothing=0.5", "train.dpo.label_smoothing must be in [0, 0.5)"),
         ("train.dpo.sft_weight=-1", "train.dpo.sft_weight must be >= 0"),
         ("model.quantize=nf4", "folds the sft adapter"),
+        ("train.lora.init=pissa", "the adapter off is no longer the sft model"),
     ]:
         args = dpo_args(tiny, merged, preference_data, tmp_path, tmp_path / "out", extra)
         sets = [a for i, a in enumerate(args) if i and args[i - 1] == "--set"]

@@ -40,6 +40,10 @@ VARIANTS = {
     "full": dict(language="tiny-qwen2", select="drop_first", finetune="full", system_prompt=SYSTEM_PROMPT),
     # image_aspect pad: the export's processor is LLaVA's own, padding to a square (picture() is not)
     "projector": dict(language="tiny-qwen3", select="full", finetune="projector", image_aspect="pad"),
+    # peft's other adapters: merged by the same code, each checked against stock Llava below
+    "dora": dict(language="tiny-qwen2", select="drop_first", finetune="lora", lora=dict(LORA, method="dora")),
+    "rslora": dict(language="tiny-qwen2", select="drop_first", finetune="lora", lora=dict(LORA, method="rslora")),
+    "pissa": dict(language="tiny-qwen2", select="drop_first", finetune="lora", lora=dict(LORA, init="pissa")),
 }
 
 
@@ -126,7 +130,7 @@ def processor_inputs(path: Path, image, question: str, system: str | None = None
 # -- the exported model and processor ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["lora", "full", "projector"])
+@pytest.mark.parametrize("name", ["lora", "full", "projector", "dora", "rslora", "pissa"])
 def test_llava_export_gives_our_logits_and_greedy_answer(predictors, exports, name):
     predictor = predictors(name)
     llava = load_llava(exports[name])

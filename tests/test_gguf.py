@@ -35,6 +35,8 @@ VARIANTS = {
     "lora": (dict(language="tiny-qwen2", select="drop_first", finetune="lora", lora=LORA), "f32"),
     "qwen3": (dict(language="tiny-qwen3", select="full", finetune="full", vision_feature_layer=-2, image_aspect="pad"), None),
     "untied": (dict(language="demo-qwen3", select="full", finetune="projector"), "q8_0"),
+    # DoRA: the merge rescales each row to the learned magnitude (peft's merge is the reference)
+    "dora": (dict(language="tiny-qwen2", select="drop_first", finetune="lora", lora=dict(LORA, method="dora")), "f32"),
 }
 # llama.cpp's names (llama-arch.cpp LLM_TENSOR_NAMES for qwen2/qwen3, clip-impl.h TN_*).
 LM_NAMES = {
@@ -195,7 +197,7 @@ def test_language_model_holds_the_merged_weights_under_llama_cpp_names(exports, 
         kind = expected_type(key, quantize, expected[key].shape)
         assert tensor.tensor_type.name == kind, key
         check_tensor(tensor, expected[key], kind)
-    if name == "lora":  # the adapter really is in there (not the base weights)
+    if name in ("lora", "dora"):  # the adapter really is in there (not the base weights)
         base = model.causal_lm.model.layers[0].self_attn.q_proj.base_layer.weight.detach()
         assert not torch.allclose(base, merged["model.layers.0.self_attn.q_proj.weight"])
 

@@ -200,6 +200,8 @@ def test_wandb_without_api_key_logs_offline_and_never_prompts(tiny, merged, tmp_
         (("model.quantize=nf4", "train.finetune=full"), "model.quantize: nf4 needs train.stage sft with train.finetune lora"),
         (("model.quantize=nf4", "train.stage=pretrain"), "model.quantize: nf4 needs train.stage sft with train.finetune lora"),
         (("model.quantize=fp4", "train.train_vision_tower=true"), "QLoRA keeps the tower as configured and frozen"),
+        (("model.quantize=nf4", "train.lora.init=pissa"), "train.lora.init pissa with model.quantize nf4"),
+        (("train.lora.method=qlora",), "train.lora.method"),
         (("data.train_file=/nonexistent/qa.json",), "data.train_file: /nonexistent/qa.json does not exist"),
         (("train.deepspeed=configs/zero3.json",), "ZeRO-3 needs a distributed launcher"),
         (("train.learnin_rate=1",), "unknown key train.learnin_rate"),
@@ -368,3 +370,51 @@ def test_init_from_takes_an_earlier_stage_and_refuses_another_layout(tiny, tmp_p
     full.save_pretrained(tmp_path / "full")
     with pytest.raises(UserError, match="train.init_from:"):
         build_model(_tiny_config(tiny, f"train.init_from={tmp_path / 'full'}"))
+
+
+@pytest.mark.parametrize("method, init", [("dora", "default"), ("rslora", "default"), ("lora", "pissa")])
+def test_adapter_variants_train_resume_and_answer(tiny, merged, tmp_path, capsys, method, init):
+    """DoRA, rsLoRA and a PiSSA start: a run split in two resumes to the weights of a straight run
+    (the PiSSA residual is rebuilt on load, DoRA's magnitudes are saved), and infer.py answers
+    from the checkpoint. The exports' equality with the adapter model is tested in test_export.py."""
+    from commands import infer
+    from model import VQAModel
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ("train.max_steps=4", "train.save_steps=2", f"train.lora.method={method}", f"train.lora.init={init}")
+    first = run_train(overrides(tiny, merged, straight, *common))
+    assert first.returncode == 0, first.stderr[-3000:]
+    part1 = run_train(overrides(tiny, merged, split, *common, "train.stop_at_step=2"))
+    assert part1.returncode == 0, part1.stderr[-3000:]
+    part2 = run_train(overrides(tiny, merged, split, *common))
+    assert part2.returncode == 0 and "resuming from" in part2.stdout, part2.stderr[-3000:]
+    a, b = trained_state(straight), trained_state(split)
+    assert a.keys() == b.keys() and all("lora_" in k or k.startswith("multi_modal_projector.") for k in a)
+    assert any("lora_magnitude_vector" in k for k in a) == (method == "dora")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+    # Loaded as infer.py loads it, the language model equals peft's own adapter model built from the
+    # base checkpoint with the same settings and the saved adapter weights.
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = VQAModel.from_pretrained(straight).eval()
+    reference = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["tiny-qwen2"]), LoraConfig(
+        r=4, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        use_dora=method == "dora", use_rslora=method == "rslora", init_lora_weights="pissa" if init == "pissa" else True))
+    adapter = {k.removeprefix("language_model."): v for k, v in a.items() if k.startswith("language_model.")}
+    missing, unexpected = reference.load_state_dict(adapter, strict=False)
+    assert not unexpected and not [k for k in missing if "lora_" in k]
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model.language_model(input_ids=ids).logits, reference.eval()(input_ids=ids).logits,
+                                   atol=1e-5, rtol=0)
+        reference.disable_adapter_layers()  # not vacuous: the adapter matters
+        assert (model.language_model(input_ids=ids).logits - reference(input_ids=ids).logits).abs().max() > 1e-4
+
+    picture = next(p for p in sorted((merged["train"].parent.parent / "demo" / "images").rglob("*")) if p.is_file())
+    capsys.readouterr()
+    assert infer.main(["--checkpoint", str(straight), "--image", str(picture), "--question", "What colour is it?",
+                       "--max-new-tokens", "4"]) == 0
+    assert "Traceback" not in capsys.readouterr().err

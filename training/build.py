@@ -3,6 +3,8 @@ per stage), and the optimizer's parameter groups."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from config import Config, TrainSettings
@@ -41,7 +43,8 @@ def compiled(model, t: TrainSettings):
 
 
 def lora_settings(t: TrainSettings) -> dict:
-    return {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout, "target_modules": t.lora.target_modules}
+    """The adapter's settings as the checkpoint's config.json keeps them (``VQAConfig.lora``)."""
+    return dataclasses.asdict(t.lora)
 
 
 def param_groups(model, t: TrainSettings) -> list[dict]:

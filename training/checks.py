@@ -84,6 +84,9 @@ def _check_quantize(cfg: Config) -> None:
         reason = "train.train_vision_tower: QLoRA keeps the tower as configured and frozen"
     if reason:
         raise UserError(f"model.quantize: {m.quantize} needs train.stage sft with train.finetune lora ({reason})")
+    if t.lora.init == "pissa":
+        raise UserError(f"train.lora.init pissa with model.quantize {m.quantize}: PiSSA leaves the residual of an SVD in "
+                        "the base weights, which 4-bit weights cannot hold (use train.lora.init: default)")
     from model.quantization import require_bitsandbytes
 
     require_bitsandbytes()

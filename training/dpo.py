@@ -244,6 +244,10 @@ class DPOStage(Stage):
             raise UserError("train.stage dpo with train.finetune full needs train.dpo.precompute_reference: true "
                             "(the reference is the starting model; without an adapter to switch off it is "
                             "computed once before training instead of kept as a second copy)")
+        if t.finetune == "lora" and t.lora.init == "pissa" and not t.dpo.precompute_reference:
+            raise UserError("train.lora.init pissa moves part of each weight into the adapter, so the adapter off is "
+                            "no longer the sft model the reference must be; set train.dpo.precompute_reference: true "
+                            "(the reference computed once from the starting model) or train.lora.init: default")
         d = t.dpo
         if not d.beta > 0:
             raise UserError(f"train.dpo.beta must be > 0, got {d.beta}")
