@@ -11,6 +11,8 @@ examples:
   # held-out merged data (process_image.py's qa.json); --gguf: a GGUF export, through llama.cpp
   python evaluate.py --checkpoint checkpoints/run --data data/merged_eval/qa.json --output eval/
   python evaluate.py --gguf exports/vqa-gguf --data data/merged_eval/qa.json --output eval-gguf/
+  # A/B: two runs over the same questions (a benchmark's or merged data's output folders)
+  python evaluate.py --compare eval/sft eval/dpo --output eval/sft-vs-dpo
 
 benchmarks: vqav2, okvqa (VQA questions + annotations JSON, COCO images), vizwiz (val/test JSON),
 textvqa (TextVQA JSON), gqa (balanced questions JSON), pope (one JSONL per split), mme (the
@@ -29,6 +31,7 @@ files written into --output (a benchmark):
   metrics.json       the official numbers (e.g. VQAv2: overall, perQuestionType, perAnswerType),
                      the coverage, what was skipped and why, what produced the answers
   report.md, per_type.png   tables and a bar chart per question/answer type
+  scores.jsonl       each scored question's answer and credit (what --compare pairs)
   <name>_results.json       for a split without public answers: the file its evaluation server
                             accepts (metrics.json says where to upload it)
 
@@ -40,6 +43,14 @@ files written into --output (merged data), atomically, together:
                      produced_by (the model's fingerprint or server + model name)
 A merged record is answered on its first user turn and scored with the official VQA accuracy
 against its "answers" (ten annotators), else its first assistant turn counted ten times.
+
+files written into --output (--compare A B), atomically:
+  compare.md, compare.png  per type and overall: both runs' scores, B - A with a paired-bootstrap 95%
+                     interval and McNemar's exact p-value, and the questions whose score changed
+                     (both ways, with their images)
+  compare.json, flips.jsonl  the same numbers, and every changed question
+Runs of different benchmarks or over different questions are refused; a benchmark run's per-question
+scores are its scores.jsonl (written with metrics.json).
 
 exit status: 0 done; 2 bad input (one line on stderr); 130 interrupted (a benchmark run resumes).
 """
@@ -76,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score this results file (the benchmark's official results format) instead of asking a model")
     bench.add_argument("--prompt-suffix", metavar="TEXT", help="replaces the benchmark's prompt suffix ('' for none)")
     bench.add_argument("--concurrency", type=int, help="--server: parallel requests (default: generation.batch_size)")
+    parser.add_argument("--compare", nargs=2, metavar=("OUT_A", "OUT_B"), type=Path,
+                        help="compare two evaluation output folders over the same questions (no model is loaded)")
     data = parser.add_argument_group("merged data")
     data.add_argument("--data", metavar="QA_JSON", help="held-out merged qa.json (images.json beside it); "
                       "default: the config's data.eval_file")
@@ -136,6 +149,24 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace, output: Path) -> int:
+    from evaluation.compare import compare, headline, read_run, write
+
+    given = [flag for flag, value in (("--benchmark", args.benchmark), ("--data", args.data),
+                                      ("--predictions", args.predictions), ("--checkpoint", args.checkpoint),
+                                      ("--gguf", args.gguf), ("--server", args.server)) if value]
+    if given:
+        cli.fail(f"--compare reads two evaluation outputs and asks no model; drop {', '.join(given)}")
+    a, b = (read_run(path) for path in args.compare)
+    comparison = compare(a, b)
+    try:
+        write(comparison, output)
+    except OSError as exc:
+        cli.fail(f"{output}: {exc}")
+    print(headline(comparison) + f" -> {output / 'compare.md'}")
+    return 0
+
+
 def print_summary(metrics: dict, output: Path) -> None:
     print(
         f"VQA accuracy {100 * metrics['vqa_accuracy']:.2f}  exact match {100 * metrics['exact_match']:.2f}  "
@@ -153,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     if output.exists() and not output.is_dir():
         cli.fail(f"{output}: exists and is not a directory")
     check_writable(output)
+    if args.compare:
+        return run_compare(args, output)
     if args.benchmark:
         return run_benchmark(args, output)
     return run_merged(args, output)

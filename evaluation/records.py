@@ -84,13 +84,14 @@ def evaluate_records(predictor, records, images, settings=None, batch_size: int 
                     errors.append({"id": job[1], "error": one_line(exc)})
             if chunk:
                 answers = predictor.answer(loaded, [job[2] for job in chunk], settings)
-                for (record, record_id, question, truth, _), answer in zip(chunk, answers):
+                for (record, record_id, question, truth, job_path), answer in zip(chunk, answers):
                     if getattr(answer, "error", None):  # the server failed on it: not a (wrong) prediction
                         errors.append({"id": record_id, "error": answer.error})
                         continue
                     predictions.append({
                         "id": record_id,
                         "image_id": record.get("image_id"),
+                        "image": str(job_path),
                         "question": question,
                         "prediction": answer.text,
                         "answers": truth,

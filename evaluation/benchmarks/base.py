@@ -110,6 +110,13 @@ class Benchmark:
         """The official metrics of a results file's answers (``{qid: answer}``) to ``questions``."""
         raise NotImplementedError
 
+    def question_scores(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict[str, float]:
+        """Each answered question's credit in [0, 1] as the official metric counts it (VQA's
+        min(#humans/3, 1) averaged as the official code does, or 1/0 for right/wrong): what
+        ``evaluate.py --compare`` pairs between two runs. Where the official number is not a mean
+        of these (POPE's F1, MME's acc + acc+), this is the per-question accuracy behind it."""
+        raise NotImplementedError
+
     def headline(self, metrics: Mapping) -> str:
         """The numbers printed on stdout, formatted as the official code prints them."""
         return f"overall {metrics['overall']}" if "overall" in metrics else "no public answers"

@@ -74,8 +74,11 @@ class GQA(Benchmark):
             loaded.questions.append(Question(str(qid), image, q["question"], truth, group))
         return loaded
 
+    def question_scores(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict[str, float]:
+        return {q.qid: float(answers[q.qid] == q.truth) for q in questions if q.qid in answers}
+
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
-        scores = {q.qid: float(answers[q.qid] == q.truth) for q in questions if q.qid in answers}
+        scores = self.question_scores(questions, answers)
         by_answer_type = breakdown(questions, scores, "answer_type", percent_of_mean)
         return {"overall": percent_of_mean(list(scores.values())), "count": len(scores),
                 "binary": by_answer_type.get("binary", 0.0), "open": by_answer_type.get("open", 0.0),

@@ -81,6 +81,9 @@ class MME(Benchmark):
                                                                               "image": image.name}))
         return loaded
 
+    def question_scores(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict[str, float]:
+        return {q.qid: float(mme_answer(answers[q.qid]) == q.truth) for q in questions if q.qid in answers}
+
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
         tasks: dict[str, dict] = {}
         for q in questions:

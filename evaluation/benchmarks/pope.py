@@ -76,6 +76,10 @@ class POPE(Benchmark):
                                                  {"split": split}))
         return loaded
 
+    def question_scores(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict[str, float]:
+        return {q.qid: float((pope_answer(answers[q.qid]) == "yes") == (q.truth == "yes"))
+                for q in questions if q.qid in answers}
+
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
         splits: dict[str, dict] = {}
         for q in questions:

@@ -30,6 +30,7 @@ from evaluation.benchmarks.base import Benchmark, Loaded, Question
 from dataset.produced_by import is_header, start_or_resume
 
 PREDICTIONS = "predictions.jsonl"
+SCORES = "scores.jsonl"  # each scored question's credit, for evaluate.py --compare
 
 
 def ask(question: Question, suffix: str) -> str:
@@ -99,6 +100,17 @@ def answer_all(predictor, questions: Sequence[Question], output: Path, settings,
                 append_lines(f, lines)
             bar.update(len(pending[start:start + batch_size]))
     return answers, errors
+
+
+def score_lines(bench: Benchmark, questions: Sequence[Question], answers: Mapping[str, str]):
+    """``scores.jsonl``: per scored question, the answer as scored, its credit
+    (``Benchmark.question_scores``), what the metrics break it down by, and its image."""
+    scores = bench.question_scores(questions, answers)
+    for q in questions:
+        if q.qid in scores:
+            yield json.dumps({"qid": q.qid, "question": q.question, "answer": answers[q.qid], "score": scores[q.qid],
+                              "group": q.group, "image": str(q.image) if q.image is not None else None},
+                             ensure_ascii=False) + "\n"
 
 
 def per_type_rows(metrics: Mapping) -> dict[str, dict[str, float]]:
@@ -232,6 +244,10 @@ def finish(bench: Benchmark, loaded: Loaded, questions: Sequence[Question], answ
             documents[submission.filename] = [json.dumps(submission.content, ensure_ascii=False) + "\n"]
             metrics["submission"] = {"file": submission.filename, "upload": submission.upload,
                                      "answers": len(submission.content)}
+    if scorable:
+        documents[SCORES] = score_lines(bench, scorable, answers)
+    elif (output / SCORES).exists():
+        (output / SCORES).unlink()  # an earlier run's, on a split with answers: never compared as this run's
     documents["metrics.json"] = [json.dumps(metrics, ensure_ascii=False, indent=1) + "\n"]
     documents["report.md"] = [report(bench, metrics, loaded, errors, cover)]
     write_documents(output, documents)

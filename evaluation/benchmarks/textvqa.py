@@ -62,8 +62,11 @@ class TextVQA(Benchmark):
             loaded.questions.append(Question(qid, image, str(q["question"]), list(answers) if answers else None))
         return loaded
 
+    def question_scores(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict[str, float]:
+        return {q.qid: leave_one_out_accuracy(answers[q.qid], q.truth) for q in questions if q.qid in answers}
+
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
-        scores = [leave_one_out_accuracy(answers[q.qid], q.truth) for q in questions if q.qid in answers]
+        scores = list(self.question_scores(questions, answers).values())
         return {"overall": percent_of_mean(scores), "count": len(scores)}
 
     def submission(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Submission:

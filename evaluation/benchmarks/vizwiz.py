@@ -65,8 +65,11 @@ class VizWiz(Benchmark):
                                              q["question"], truth, group))
         return loaded
 
+    def question_scores(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict[str, float]:
+        return {q.qid: vizwiz_accuracy(answers[q.qid], q.truth) for q in questions if q.qid in answers}
+
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
-        scores = {q.qid: vizwiz_accuracy(answers[q.qid], q.truth) for q in questions if q.qid in answers}
+        scores = self.question_scores(questions, answers)
         return {"overall": percent(list(scores.values())), "count": len(scores),
                 "perAnswerType": breakdown(questions, scores, "answer_type")}
 

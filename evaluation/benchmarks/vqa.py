@@ -105,8 +105,11 @@ class VQAv2(Benchmark):
                 raise BenchmarkError(f"{path}: annotation #{n} lacks {exc} (question_id, answers[].answer)") from None
         return out
 
+    def question_scores(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict[str, float]:
+        return submitted_scores(questions, answers)
+
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> dict:
-        scores = submitted_scores(questions, answers)
+        scores = self.question_scores(questions, answers)
         return {"overall": percent(list(scores.values())), "count": len(scores),
                 "perQuestionType": breakdown(questions, scores, "question_type"),
                 "perAnswerType": breakdown(questions, scores, "answer_type")}
