@@ -43,15 +43,30 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def export_record(source: "Checkpoint", fmt: str, options: dict) -> dict:
+    """``lineage.json`` of an export: when, in which format, by which code, from which checkpoint
+    (by fingerprint, with the checkpoint's own training record; ``model.lineage``)."""
+    from model.lineage import checkpoint_record, code_version, now
+
+    return {"exported": now(), "format": fmt, "options": options, "code": code_version(),
+            "source": checkpoint_record(source.path)}
+
+
 @contextlib.contextmanager
-def export_directory(output: Path):
-    """``atomic.replace_directory`` for an export: a write that fails (the disk full, a quota, an
-    I/O error; safetensors reports those as ``SafetensorError``) is one line, and nothing partial is
-    left -- the output stays as it was."""
+def export_directory(output: Path, record: dict):
+    """``atomic.replace_directory`` for an export, with its ``record`` (:func:`export_record`)
+    written first: a write that fails (the disk full, a quota, an I/O error; safetensors reports
+    those as ``SafetensorError``) is one line, and nothing partial is left -- the output stays as
+    it was."""
+    import json
+
     from safetensors import SafetensorError
+
+    from model.lineage import EXPORT_RECORD
 
     try:
         with replace_directory(output) as tmp:
+            (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             yield tmp
     except (OSError, SafetensorError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)

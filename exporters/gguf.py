@@ -35,6 +35,7 @@ from exporters.common import (
     as_checkpoint,
     check_output,
     export_directory,
+    export_record,
     merged_lm_state,
     stderr_warning,
 )
@@ -502,7 +503,7 @@ def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite:
             warnings.append(f"{quantize}: {fallbacks} of the language model's {matrices} weight matrices have rows that "
                             f"are not a multiple of {K_BLOCK}; llama.cpp stores those in a legacy type (q5_0/q8_0)")
             warn(warnings[-1])
-    with export_directory(output) as tmp:
+    with export_directory(output, export_record(source, "gguf", {"quantize": quantize})) as tmp:
         if quantize in LLAMA_QUANTIZE:
             source = tmp / "model-f32.gguf"
             write_language_model(source, model, tokenizer, "f32", template, name, tensors)

@@ -35,6 +35,7 @@ from exporters.common import (
     as_checkpoint,
     check_output,
     export_directory,
+    export_record,
     merged_lm_state,
     stderr_warning,
 )
@@ -314,7 +315,7 @@ def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite:
     processor = build_processor(model, tokenizer, template)
     verify_prompts(processor, reference, model.preprocessor.size)
 
-    with export_directory(output) as tmp:
+    with export_directory(output, export_record(source, "llava", {"dtype": dtype})) as tmp:
         write_weights(model, tmp, torch_dtype)
         llava_config(model, torch_dtype).save_pretrained(tmp)
         generation_config(model, tokenizer).save_pretrained(tmp)

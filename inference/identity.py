@@ -8,34 +8,10 @@ the same checkpoint copied elsewhere is the same one. Answers files record it
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-# The files of a checkpoint or export directory that decide what it answers: weights, configs,
-# tokenizer and chat template. Not the Trainer's optimizer/scheduler/RNG state or its logs.
-_MODEL_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".tiktoken", ".gguf")
-_NOT_MODEL = frozenset({"trainer_state.json", "train_config.json"})
-_CHUNK = 1 << 22
-
-
-def files_fingerprint(files: Iterable[Path]) -> str:
-    """``sha256:<hex>`` over each file's name and contents (in name order)."""
-    digest = hashlib.sha256()
-    for path in sorted(files, key=lambda p: p.name):
-        digest.update(path.name.encode("utf-8") + b"\0")
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return "sha256:" + digest.hexdigest()
-
-
-def model_files(directory: Path) -> list[Path]:
-    """The files of a checkpoint (or LLaVA export) directory that define the model."""
-    return [p for p in directory.iterdir()
-            if p.is_file() and p.suffix in _MODEL_SUFFIXES and p.name not in _NOT_MODEL and not p.name.startswith(".")]
+from model.checkpoints import files_fingerprint, model_files
 
 
 def checkpoint_identity(path: str | Path) -> dict[str, Any]:

@@ -10,15 +10,18 @@ written last, ``trainer_state.json``. A save cut off part-way must never be used
 - **resumable**: complete and holding ``trainer_state.json`` (what ``train.resume`` needs).
 
 Every entry point (training's resume and ``init_from``, inference, evaluation, export, the GUI)
-resolves a path through :func:`resolve_checkpoint`. Only the standard library is used, so the
-scripts can check a path before they import torch.
+resolves a path through :func:`resolve_checkpoint`. A checkpoint's fingerprint
+(:func:`files_fingerprint` of its :func:`model_files`) names the model it holds wherever it lies.
+Only the standard library is used, so the scripts can check a path before they import torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 from errors import UserError
@@ -147,3 +150,29 @@ def describe_choice(path: str | Path, resolved: Path) -> str | None:
 def _step(checkpoint: Path) -> int:
     m = _RUN_CHECKPOINT.match(checkpoint.name)
     return int(m.group(1)) if m else -1
+
+
+# The files of a checkpoint or export directory that decide what it answers: weights, configs,
+# tokenizer and chat template. Not the Trainer's optimizer/scheduler/RNG state or its logs.
+_MODEL_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".tiktoken", ".gguf")
+# run.json (a training run's record) and lineage.json (an export's) record history, not the model.
+_NOT_MODEL = frozenset({"trainer_state.json", "train_config.json", "run.json", "lineage.json"})
+_CHUNK = 1 << 22
+
+
+def files_fingerprint(files: Iterable[Path]) -> str:
+    """``sha256:<hex>`` over each file's name and contents (in name order)."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        digest.update(path.name.encode("utf-8") + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def model_files(directory: Path) -> list[Path]:
+    """The files of a checkpoint (or LLaVA export) directory that define the model."""
+    return [p for p in directory.iterdir()
+            if p.is_file() and p.suffix in _MODEL_SUFFIXES and p.name not in _NOT_MODEL and not p.name.startswith(".")]

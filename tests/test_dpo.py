@@ -4,6 +4,9 @@ short runs through train.py (learning, resume, ZeRO-2), and refusals."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import math
 import os
@@ -315,6 +318,71 @@ def test_dpo_run_learns_the_preference_and_resumes_exactly(tiny, merged, prefere
     whole, resumed = trained_state(out), trained_state(split)
     for key in whole:
         torch.testing.assert_close(resumed[key], whole[key], rtol=1e-5, atol=1e-6)
+    check_lineage(tiny, merged, preference_data, sft_checkpoint, out, split, tmp_path)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_lineage(tiny, merged, preference_data, sft, dpo, split, tmp_path):  # noqa: F811
+    """run.json of the dpo runs, and train.py --lineage back through the sft run to the base models."""
+    from commands import export, train
+    from model.checkpoints import files_fingerprint, model_files
+
+    record = json.loads((dpo / "run.json").read_text())
+    (session,) = record["sessions"]
+    assert session["status"] == "finished" and session["steps"] == {"start": 0, "end": 24}
+    assert session["config"]["train"]["stage"] == "dpo" and session["config"]["train"]["dpo"]["beta"] == 0.5
+    assert session["data"]["train"]["sha256"] == sha256(preference_data["train"])
+    assert session["data"]["train images"]["sha256"] == sha256(preference_data["train"].parent / "images.json")
+    assert session["data"]["eval"]["sha256"] == sha256(preference_data["eval"])
+    assert session["bases"]["language_model"]["fingerprint"] == files_fingerprint(model_files(tiny["tiny-qwen2"]))
+    assert session["model_fingerprint"] == files_fingerprint(model_files(dpo))
+    assert set(session["checkpoints"]) == {"checkpoint-12", "checkpoint-24"}
+    assert session["checkpoints"]["checkpoint-12"] == files_fingerprint(model_files(dpo / "checkpoint-12"))
+    assert "eval_rewards/accuracies" in session["metrics"] and "train_loss" in session["metrics"]
+    code = session["code"]
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert code["commit"] == (git.stdout.strip() if git.returncode == 0 else "unknown")
+    # the parent: the sft run, by fingerprint, with its own record (its data: the sft training file)
+    parent = session["parent"]
+    assert parent["fingerprint"] == files_fingerprint(model_files(sft)) == \
+        parent["record"]["sessions"][-1]["model_fingerprint"]
+    assert parent["record"]["sessions"][0]["data"]["train"]["sha256"] == sha256(merged["train"])
+    # the split run: two sessions, the first kept as it was written when it stopped
+    sessions = json.loads((split / "run.json").read_text())["sessions"]
+    assert [s["status"].split(" ")[0] for s in sessions] == ["stopped", "finished"]
+    assert sessions[1]["resumed_from"].endswith("checkpoint-12") and sessions[1]["steps"] == {"start": 12, "end": 24}
+    snapshot = json.loads((split / "checkpoint-12" / "run.json").read_text())["sessions"]  # as it was at that save
+    assert len(snapshot) == 1 and snapshot[0]["status"] == "running" and snapshot[0]["started"] == sessions[0]["started"]
+    assert snapshot[0]["checkpoints"] == sessions[0]["checkpoints"] == {
+        "checkpoint-12": files_fingerprint(model_files(split / "checkpoint-12"))}
+    assert json.loads((split / "checkpoint-24" / "run.json").read_text())["sessions"][0] == sessions[0]  # kept as it was
+
+    # --lineage of an export of the dpo model: export -> dpo run -> sft run -> base models
+    exported = tmp_path / "export"
+    assert export.main(["--checkpoint", str(dpo), "--output", str(exported), "--dtype", "float32"]) == 0
+    lineage_json = json.loads((exported / "lineage.json").read_text())
+    assert lineage_json["source"]["fingerprint"] == session["model_fingerprint"] and lineage_json["format"] == "llava"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert train.main(["--lineage", str(exported)]) == 0
+    text = buffer.getvalue()
+    print(text)  # shown with -s: what a user reads
+    lines = text.splitlines()
+    assert lines[0].startswith(str(exported))
+    assert any("exported as llava" in line for line in lines)
+    assert "stage dpo, finetune lora, steps 0 -> 24" in text and "stage sft, finetune lora, steps 0 -> 10" in text
+    assert f"data train: {preference_data['train'].resolve()} sha256 {sha256(preference_data['train'])[:12]}" in text
+    assert f"data train: {merged['train'].resolve()} sha256 {sha256(merged['train'])[:12]}" in text
+    assert f"base language_model: {tiny['tiny-qwen2'].resolve()} fingerprint" in text
+    assert "train.dpo.beta=0.5" in text and "(started from the base models)" in text
+    assert text.count("still there, unchanged") == 2 and "the model is one this run saved" in text
+    assert text.index("stage dpo") < text.index("stage sft")  # child first, then its parent, indented deeper
+    sft_line = next(line for line in lines if "stage sft" in line)
+    dpo_line = next(line for line in lines if "stage dpo" in line)
+    assert len(sft_line) - len(sft_line.lstrip()) > len(dpo_line) - len(dpo_line.lstrip())
 
 
 def test_dpo_full_finetune_with_a_precomputed_reference(tiny, merged, preference_data, sft_checkpoint, tmp_path):  # noqa: F811

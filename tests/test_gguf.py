@@ -258,7 +258,7 @@ def test_mmproj_is_a_clip_mlp_projector_with_our_tower(exports, models, read, na
     path, err = exports[name]
     assert sorted(p.name for p in path.iterdir()) == sorted([
         f"model-{quantize}.gguf", f"mmproj-{kind}.gguf", "chat_template.jinja",
-        "chat_template.llama-cpp-python.jinja", "README.md"])
+        "chat_template.llama-cpp-python.jinja", "README.md", "lineage.json"])
     meta, tensors = read(path / f"mmproj-{kind}.gguf")
     vision = model.vision_tower.model.config
     layers = vision.num_hidden_layers

@@ -128,7 +128,8 @@ def test_quantized_ggufs_load_run_and_answer(exports, taught, kind):
     sizes = {k: next(exports[k][0].glob("model-*.gguf")).stat().st_size for k in ("f32", "q8_0", "q4_k_m")}
     assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f32"] / 3
     assert sorted(p.name for p in directory.iterdir()) == sorted(
-        [f"model-{kind}.gguf", "mmproj-f16.gguf", "README.md", "chat_template.jinja", "chat_template.llama-cpp-python.jinja"])
+        [f"model-{kind}.gguf", "mmproj-f16.gguf", "README.md", "chat_template.jinja", "chat_template.llama-cpp-python.jinja",
+         "lineage.json"])
 
 
 def test_infer_answers_with_the_gguf_export(exports, taught, tmp_path, capsys):

@@ -12,7 +12,8 @@ demo (``make demo``; run first if its checkpoint is missing):
 3. ``train.py`` with ``train.stage: dpo`` (LoRA, the adapter-off reference) for a fixed 300 steps
    (the same model on every machine, however long it takes);
 4. ``evaluate.py`` on the held-out split before and after: VQA accuracy and the share of short
-   answers, and a plot of the reward margin and accuracy over training.
+   answers, and a plot of the reward margin and accuracy over training; ``evaluate.py --compare``
+   of the two (paired interval, McNemar's test, the questions that changed).
 
 Every step runs the real script a user would run, in a subprocess.
 """
@@ -176,7 +177,7 @@ def main() -> int:
                 f"train.output_dir={mixed_run}", *MIXED_OVERRIDES]
         run("train.py", "--config", args.config, *(a for s in sets for a in ("--set", s)))
 
-    # 2. DPO towards the short answers, at most 3 minutes.
+    # 2. DPO towards the short answers, a fixed 300 steps.
     shutil.rmtree(dpo_run, ignore_errors=True)
     sets = [f"train.init_from={mixed_run}", f"data.train_file={work / 'prefs-train' / 'qa.json'}",
             f"data.eval_file={work / 'prefs-eval' / 'qa.json'}", f"train.output_dir={dpo_run}", *DPO_OVERRIDES]
@@ -196,6 +197,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(results, indent=1))
     plot(dpo_run / "progress.jsonl", out / "dpo_progress.png")
+    # 4. A/B: is the DPO model really better than the model it started from, question by question?
+    run("evaluate.py", "--compare", str(out / "mixed_sft"), str(out / "dpo"), "--output", str(out / "mixed_sft-vs-dpo"))
 
     print("\n                 held-out VQA accuracy   short answers")
     for name in ("sft", "mixed_sft", "dpo"):

@@ -50,6 +50,7 @@ def train(cfg: Config) -> Path:
     """Run the configured training to the end (or its stop step / time limit); returns the
     output directory, which then holds the final weights beside its ``checkpoint-N``."""
     from training.callbacks import WallClock
+    from training.lineage import RecordCheckpoints, RunRecord
     from training.stages import build_model, stage_of
     from training.trainer import training_arguments
 
@@ -66,6 +67,7 @@ def train(cfg: Config) -> Path:
     train_set, eval_set = _datasets(cfg, model, tokenizer, stage.dataset_class())
     eval_records, eval_images = _held_out_records(cfg)
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    record = None
     if rank0:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"training {model.config.finetune} ({trainable:,} parameters) on {len(train_set):,} samples"
@@ -74,6 +76,8 @@ def train(cfg: Config) -> Path:
         (Path(t.output_dir) / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2, ensure_ascii=False))
         if resume_dir:
             print(f"resuming from {resume_dir}", flush=True)
+        record = RunRecord(cfg, resume_dir, _global_step(resume_dir))
+        record.write()
 
     args = training_arguments(cfg)
     kwargs = dict(
@@ -83,14 +87,34 @@ def train(cfg: Config) -> Path:
         eval_dataset=eval_set,
         data_collator=stage.collator(tokenizer),
         processing_class=tokenizer,
-        callbacks=[WallClock(cfg, eval_records, eval_images, tokenizer)],
+        callbacks=[WallClock(cfg, eval_records, eval_images, tokenizer), *([RecordCheckpoints(record)] if record else [])],
         settings=t,
         group_by_length=cfg.data.group_by_length,
     )
     trainer = stage.trainer(cfg, **kwargs)
-    trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
-    trainer.save_model(t.output_dir)
-    trainer.save_state()
-    if rank0:
-        print(f"saved the trained model to {t.output_dir}", flush=True)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+        trainer.save_model(t.output_dir)
+        trainer.save_state()
+    except BaseException as exc:
+        if record is not None:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {type(exc).__name__}: {exc}"[:300]
+            record.finish(status, trainer.state.global_step, trainer.state.log_history)
+        raise
+    if record is not None:
+        state = trainer.state
+        status = "finished" if state.global_step >= state.max_steps else \
+            f"stopped at step {state.global_step} of {state.max_steps} (train.stop_at_step or max_time_seconds)"
+        record.finish(status, state.global_step, state.log_history, Path(t.output_dir))
+        print(f"saved the trained model to {t.output_dir} (its record: {record.path})", flush=True)
     return Path(t.output_dir)
+
+
+def _global_step(checkpoint: Path | None) -> int:
+    """The step a resumed run starts from (its checkpoint's trainer state), 0 for a new run."""
+    if checkpoint is None:
+        return 0
+    try:
+        return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
