@@ -141,6 +141,11 @@ class DataSettings:
     # Use at most this many eval records during training (null: all of them).
     eval_max_samples: int | None = None
     max_length: int = 2048
+    # Keep the tokenized training data on disk, memory-mapped by every rank and worker, and reuse it
+    # while the data, tokenizer and settings are the same (dataset/token_cache.py).
+    token_cache: bool = True
+    # Where (null: .token_cache beside the data file, or ~/.cache/siglip-qwen-vqa when that is read-only).
+    token_cache_dir: str | None = None
     group_by_length: bool = True
     num_workers: int = 2
 

@@ -33,7 +33,10 @@ def rejected_record(record: dict) -> dict:
 class PreferenceDataset(Dataset):
     def __init__(self, qa_file: str | Path, renderer, preprocess, max_length: int,
                  image_token: str = DEFAULT_IMAGE_TOKEN, system_prompt: str | None = None,
-                 show_progress: bool = True, limit: int | None = None) -> None:
+                 show_progress: bool = True, limit: int | None = None, cache: bool = False,
+                 cache_dir: str | None = None) -> None:
+        """``cache``, ``cache_dir``: accepted for the same call as ``VQADataset``; preference pairs
+        are rendered in memory (not cached on disk yet)."""
         records, images = load_merged(Path(qa_file).resolve())
         records = records[:limit] if limit is not None else records
         pairs = [r for r in records if isinstance(r, dict) and isinstance(r.get("rejected"), str)
@@ -49,14 +52,15 @@ class PreferenceDataset(Dataset):
         self.chosen = VQADataset(qa_file, *args, merged=(pairs, images))
         self.rejected = VQADataset(qa_file, *args, merged=([rejected_record(r) for r in pairs], images))
         self.preprocess = preprocess
-        rejected_at = {index: k for k, index in enumerate(self.rejected.record_index)}
-        self.pairs = [(k, rejected_at[index]) for k, index in enumerate(self.chosen.record_index) if index in rejected_at]
+        rejected_at = {int(index): k for k, index in enumerate(self.rejected.record_index)}
+        self.pairs = [(k, rejected_at[int(index)]) for k, index in enumerate(self.chosen.record_index)
+                      if int(index) in rejected_at]
         self.skipped.update(self.chosen.skipped)
         self.skipped.update(self.rejected.skipped)
         if not self.pairs:
             raise ValueError(f"{qa_file}: no usable preference pairs (skipped: {dict(self.skipped)})")
         # For length-grouped batches: both rows of a pair are padded to the longer one.
-        self.lengths = [max(self.chosen.lengths[a], self.rejected.lengths[b]) for a, b in self.pairs]
+        self.lengths = [int(max(self.chosen.lengths[a], self.rejected.lengths[b])) for a, b in self.pairs]
         self.reference: torch.Tensor | None = None
         self.bad_images: Counter[str] = Counter()
 
@@ -69,9 +73,9 @@ class PreferenceDataset(Dataset):
             i = (index + attempt) % len(self)
             a, b = self.pairs[i]
             try:
-                pixels = self.preprocess.resized(self.chosen.image_paths[a])
+                pixels = self.preprocess.resized(self.chosen.image_path(a))
             except ValueError as exc:
-                self.bad_images[str(self.chosen.image_paths[a])] += 1
+                self.bad_images[str(self.chosen.image_path(a))] += 1
                 logger.warning("skipping unreadable image: %s", exc)
                 continue
             chosen_ids, chosen_labels = self.chosen._expand(a)

@@ -2,7 +2,10 @@
 
 All conversations are rendered once up front (with one placeholder id per image; the expansion
 to ``num_image_tokens`` happens per item), which gives exact lengths for length-grouped
-batching and exact skip counts before training starts. Images are loaded per item.
+batching and exact skip counts before training starts. The rendered samples are one columnar
+table (``dataset.token_cache``), kept on disk and memory-mapped when training asks for it, so
+that ranks and workers share one copy and a later run does not tokenize again. Images are loaded
+per item.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from config import DEFAULT_IMAGE_TOKEN
-from dataset.records import image_path as record_image, load_merged
+from dataset import token_cache
+from dataset.records import IMAGES_FILE, image_path as record_image, load_merged
+from dataset.token_cache import TableBuilder, TokenTable
 from qwen.prompt import IGNORE_INDEX, PromptRenderer, record_messages
 
 logger = logging.getLogger(__name__)
@@ -38,37 +43,62 @@ class VQADataset(Dataset):
         show_progress: bool = True,
         limit: int | None = None,
         merged: tuple[list, dict] | None = None,
+        cache: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         """``merged``: the records and image table already in memory (``load_merged``'s result;
-        ``qa_file`` then only names them in messages)."""
+        ``qa_file`` then only names them in messages). ``cache``: keep the rendered samples on disk
+        and memory-map them (``dataset.token_cache``; under ``cache_dir`` when given), so a later run
+        neither parses ``qa.json`` nor tokenizes it again."""
         self.preprocess = preprocess
         self.num_image_tokens = renderer.num_image_tokens
         self.image_token_id = renderer.image_token_id
-        self.skipped: Counter[str] = Counter()
         self.bad_images: Counter[str] = Counter()
-        records, images = merged or load_merged(Path(qa_file).resolve())  # absolute image paths: cwd-independent
-        records = records[:limit] if limit is not None else records
-        compact = PromptRenderer(renderer.tokenizer, 1, image_token)
-        self.input_ids: list[np.ndarray] = []
-        self.supervised: list[np.ndarray] = []
-        self.image_paths: list[Path] = []
-        self.lengths: list[int] = []
-        self.record_index: list[int] = []  # position in ``records`` of each kept item
-        with tqdm(total=len(records), desc=f"tokenizing {Path(qa_file).name}", disable=not show_progress, leave=False) as bar:
-            for start in range(0, len(records), RENDER_CHUNK):
-                chunk = records[start : start + RENDER_CHUNK]
-                for index, ids, sup, path in self._render_chunk(chunk, compact, images, max_length, image_token,
-                                                                system_prompt):
-                    self.record_index.append(start + index)
-                    self.input_ids.append(ids)
-                    self.supervised.append(sup)
-                    self.image_paths.append(path)
-                    self.lengths.append(len(ids) + self.num_image_tokens - 1)
-                bar.update(len(chunk))
+        qa_path = Path(qa_file).resolve()  # absolute image paths: cwd-independent
+
+        def build() -> TokenTable:
+            records, images = merged or load_merged(qa_path)
+            records = records[:limit] if limit is not None else records
+            return self._render_all(records, images, renderer, max_length, image_token, system_prompt,
+                                    show_progress, Path(qa_file).name)
+
+        if cache and merged is None:
+            settings = {"tokenizer": token_cache.tokenizer_digest(renderer.tokenizer), "image_token": image_token,
+                        "system_prompt": system_prompt, "max_length": max_length,
+                        "num_image_tokens": self.num_image_tokens, "limit": limit}
+            key = token_cache.cache_key(qa_path, qa_path.parent / IMAGES_FILE, settings)
+            self.table, built = token_cache.open_or_build(token_cache.cache_root(qa_path, cache_dir), key, qa_path, build)
+            self.cached = "built" if built else "reused"
+        else:
+            self.table, self.cached = build(), None
+        self.skipped: Counter[str] = Counter(self.table.skipped)
+        # The sampler's lengths: the sample with its placeholder expanded to the image's tokens.
+        self.lengths = np.diff(self.table.offsets) + (self.num_image_tokens - 1)
         if self.skipped:
             logger.warning("%s: skipped %s", qa_file, dict(self.skipped))
-        if not self.input_ids:
+        if not len(self.table):
             raise ValueError(f"{qa_file}: no usable training records (skipped: {dict(self.skipped)})")
+
+    @property
+    def record_index(self) -> np.ndarray:
+        """Position in the merged records of each kept sample."""
+        return self.table.record
+
+    def image_path(self, index: int) -> Path:
+        return self.table.image_path(index)
+
+    def _render_all(self, records, images, renderer, max_length, image_token, system_prompt, show_progress,
+                    name) -> TokenTable:
+        self.skipped = Counter()
+        compact = PromptRenderer(renderer.tokenizer, 1, image_token)
+        builder = TableBuilder()
+        with tqdm(total=len(records), desc=f"tokenizing {name}", disable=not show_progress, leave=False) as bar:
+            for start in range(0, len(records), RENDER_CHUNK):
+                chunk = records[start : start + RENDER_CHUNK]
+                builder.add_chunk([(start + index, ids, sup, path) for index, ids, sup, path in
+                                   self._render_chunk(chunk, compact, images, max_length, image_token, system_prompt)])
+                bar.update(len(chunk))
+        return builder.table(dict(self.skipped))
 
     def _render_chunk(self, records, compact, images, max_length, image_token, system_prompt):
         parsed = []
@@ -108,11 +138,11 @@ class VQADataset(Dataset):
         return ids, sup
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.table)
 
     def _expand(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.from_numpy(self.input_ids[index].astype(np.int64))
-        sup = torch.from_numpy(self.supervised[index])
+        ids, sup = self.table.sample(index)
+        ids, sup = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(sup.copy())
         at = int((ids == self.image_token_id).nonzero()[0])
         n = self.num_image_tokens
         ids = torch.cat([ids[:at], ids.new_full((n,), self.image_token_id), ids[at + 1:]])
@@ -125,9 +155,9 @@ class VQADataset(Dataset):
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)
             try:
-                pixels = self.preprocess.resized(self.image_paths[i])  # uint8: the tower normalises
+                pixels = self.preprocess.resized(self.image_path(i))  # uint8: the tower normalises
             except ValueError as exc:
-                self.bad_images[str(self.image_paths[i])] += 1
+                self.bad_images[str(self.image_path(i))] += 1
                 logger.warning("skipping unreadable image (%d so far in this worker): %s", sum(self.bad_images.values()), exc)
                 continue
             ids, labels = self._expand(i)

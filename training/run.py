@@ -26,7 +26,7 @@ def _datasets(cfg: Config, model, tokenizer, kind):
 
     def make(path, limit=None):
         return kind(path, renderer, model.preprocessor, cfg.data.max_length, cfg.model.image_token,
-                    cfg.model.system_prompt, limit=limit)
+                    cfg.model.system_prompt, limit=limit, cache=cfg.data.token_cache, cache_dir=cfg.data.token_cache_dir)
 
     try:
         train_set = make(cfg.data.train_file)
@@ -71,7 +71,9 @@ def train(cfg: Config) -> Path:
     if rank0:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"training {model.config.finetune} ({trainable:,} parameters) on {len(train_set):,} samples"
-              + (f", skipped {dict(train_set.skipped)}" if train_set.skipped else ""), flush=True)
+              + (f", skipped {dict(train_set.skipped)}" if train_set.skipped else "")
+              + (f"; tokenized data {train_set.cached} ({train_set.table.cache_dir})" if getattr(train_set, "cached", None)
+                 else ""), flush=True)
         Path(t.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(t.output_dir) / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2, ensure_ascii=False))
         if resume_dir:
