@@ -6,12 +6,21 @@ examples:
   deepspeed train.py --config config.yaml --set train.deepspeed=configs/zero3.json
   python train.py --config config.yaml --set train.stage=pretrain --set train.output_dir=checkpoints/pretrain
   python train.py --config config.yaml --set train.init_from=checkpoints/pretrain
+  python train.py --config config.yaml --plan --gpu-memory 24    # will it fit a 24 GiB card? (trains nothing)
   python train.py --lineage checkpoints/dpo     # where a model came from, back to its base models
 
 Stages: pretrain trains the projector only; sft trains the projector plus a LoRA adapter on the
 language model (train.finetune: lora) or the whole language model (full). Reads the model, data
 and train sections of the config: the bases (model.*), the merged data (data.train_file,
 data.eval_file, written by process_image.py) and every training knob (train.*).
+
+--plan estimates the peak GPU memory of the configured run from the bases' config files alone
+(no weights are loaded, nothing trains): weights, trained parameters, gradients and AdamW states
+(sharded by the ZeRO stage of train.deepspeed over --gpus), activations with or without
+checkpointing for train.per_device_batch_size samples of image tokens + --text-tokens, the logits
+at the supervised positions, the vision tower and the CUDA overhead. It prints the breakdown and,
+when the run does not fit --gpu-memory, the cheapest changes that do, each as --set overrides with
+its own estimate (the formula: training/plan.py; against measured H100 peaks: bench/RESULTS.md).
 
 files written under train.output_dir:
   checkpoint-N/        the trained weights only (projector, LoRA adapter or LM) + config.json,
@@ -27,8 +36,8 @@ files written under train.output_dir:
                        fingerprints; --lineage prints the chain it describes
   wandb/               offline wandb logs when there is no API key
 
-exit status: 0 trained; 2 a configuration that cannot work (one line on stderr, before any model
-loads); 130 interrupted.
+exit status: 0 trained (or planned, with --plan); 2 a configuration that cannot work (one line on
+stderr, before any model loads); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 
 import cli
+from training.plan import DEFAULT_ANSWER_TOKENS, DEFAULT_GPU_GIB, DEFAULT_TEXT_TOKENS
 
 
 @cli.entry_point
@@ -45,6 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
                         help="continue from the newest complete checkpoint (or the one given)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    group = parser.add_argument_group("memory plan (--plan: estimate, print and exit; nothing loads or trains)")
+    group.add_argument("--plan", action="store_true",
+                       help="estimate the run's peak GPU memory and, if it does not fit, what to change")
+    group.add_argument("--gpu-memory", type=cli.positive_float, metavar="GiB",
+                       help=f"memory of one GPU (default: the visible GPU's; without one {DEFAULT_GPU_GIB:g})")
+    group.add_argument("--gpus", type=cli.positive_int, metavar="N",
+                       help="GPUs the run uses, for DeepSpeed's sharding (default: $WORLD_SIZE, else 1)")
+    group.add_argument("--text-tokens", type=cli.positive_int, default=DEFAULT_TEXT_TOKENS, metavar="N",
+                       help="tokens per sample after the image tokens (default: %(default)s: with so400m's 728 "
+                            "image tokens the 921-token sample of bench/gpu_train.py)")
+    group.add_argument("--answer-tokens", type=cli.positive_int, default=DEFAULT_ANSWER_TOKENS, metavar="N",
+                       help="supervised tokens per sample, where logits are computed (default: %(default)s)")
     parser.add_argument("--lineage", metavar="CHECKPOINT",
                         help="print where a checkpoint, run directory or export came from (data, code and settings "
                              "of each training step back to the base models) and exit")
@@ -55,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lineage(args.lineage)))
         return 0
     cfg = cli.config_from_args(args)
+    if args.plan:
+        from training.plan import format_plan, make_plan
+
+        print(format_plan(make_plan(cfg, args.gpu_memory, args.gpus, args.text_tokens, args.answer_tokens)))
+        return 0
     if args.resume:
         cfg.train.resume = args.resume
 
