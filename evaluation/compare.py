@@ -85,7 +85,7 @@ def _model(metrics: Mapping) -> str:
     if isinstance(model, Mapping):
         parts = [f"{k} {model[k]}" for k in ("checkpoint", "gguf", "server", "model") if model.get(k)]
         if model.get("fingerprint"):
-            parts.append(f"fingerprint {str(model['fingerprint'])[:12]}")
+            parts.append(f"fingerprint {str(model['fingerprint']).removeprefix('sha256:')[:12]}")
         return ", ".join(parts) or json.dumps(model, ensure_ascii=False)
     return str(model) if model else "unknown (no produced_by in metrics.json)"
 
