@@ -114,6 +114,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+def shard_argument(text: str) -> tuple[int, int]:
+    """An argparse type: ``I/N``, shard I (0 to N-1) of N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/4 (shard I of N, I from 0 to N-1)") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"{text!r}: I/N needs N >= 1 and 0 <= I < N")
+    return index, count
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number above 0 (a size, a memory budget)."""
     value = finite_float(text)

@@ -11,6 +11,9 @@ examples:
   # held-out merged data (process_image.py's qa.json); --gguf: a GGUF export, through llama.cpp
   python evaluate.py --checkpoint checkpoints/run --data data/merged_eval/qa.json --output eval/
   python evaluate.py --gguf exports/vqa-gguf --data data/merged_eval/qa.json --output eval-gguf/
+  # one shard per GPU (or server; likewise 1/2 into eval/s1), then merged into one whole run's result
+  CUDA_VISIBLE_DEVICES=0 python evaluate.py --checkpoint ckpt --data qa.json --shard 0/2 --output eval/s0
+  python evaluate.py --data qa.json --merge-shards eval/s0 eval/s1 --output eval/all
   # A/B: two runs over the same questions (a benchmark's or merged data's output folders)
   python evaluate.py --compare eval/sft eval/dpo --output eval/sft-vs-dpo
 
@@ -44,13 +47,10 @@ files written into --output (merged data), atomically, together:
 A merged record is answered on its first user turn and scored with the official VQA accuracy
 against its "answers" (ten annotators), else its first assistant turn counted ten times.
 
-files written into --output (--compare A B), atomically:
-  compare.md, compare.png  per type and overall: both runs' scores, B - A with a paired-bootstrap 95%
-                     interval and McNemar's exact p-value, and the questions whose score changed
-                     (both ways, with their images)
-  compare.json, flips.jsonl  the same numbers, and every changed question
-Runs of different benchmarks or over different questions are refused; a benchmark run's per-question
-scores are its scores.jsonl (written with metrics.json).
+files written into --output (--compare A B; runs of other benchmarks or questions are refused):
+  compare.md, compare.png, compare.json  per type and overall: both runs' scores, B - A with a
+                     paired-bootstrap 95% interval and McNemar's exact p-value; the questions whose
+                     score changed, both ways, with their images (all of them: flips.jsonl)
 
 exit status: 0 done; 2 bad input (one line on stderr); 130 interrupted (a benchmark run resumes).
 """
@@ -64,6 +64,7 @@ from pathlib import Path
 import cli
 from atomic import check_writable
 from evaluation.benchmarks import BENCHMARKS
+from evaluation.shards import select
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score this results file (the benchmark's official results format) instead of asking a model")
     bench.add_argument("--prompt-suffix", metavar="TEXT", help="replaces the benchmark's prompt suffix ('' for none)")
     bench.add_argument("--concurrency", type=int, help="--server: parallel requests (default: generation.batch_size)")
+    parser.add_argument("--shard", type=cli.shard_argument, metavar="I/N",
+                        help="answer only shard I of N (I from 0 to N-1: every N-th question or record from the I-th), "
+                             "e.g. one per GPU or server; each into its own --output, combined by --merge-shards")
+    parser.add_argument("--merge-shards", nargs="+", type=Path, metavar="DIR",
+                        help="combine the outputs of the --shard 0/N .. N-1/N runs into --output, scored as one run "
+                             "(no model is loaded; with --benchmark and its files, or --data)")
     parser.add_argument("--compare", nargs=2, metavar=("OUT_A", "OUT_B"), type=Path,
                         help="compare two evaluation output folders over the same questions (no model is loaded)")
     data = parser.add_argument_group("merged data")
@@ -104,10 +111,11 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> int:
     if not args.questions:
         cli.fail(f"--benchmark {bench.name} needs --questions (see --help)")
     scoring_a_file = args.predictions is not None
-    if "images" in bench.needs and args.images is None and not scoring_a_file:
+    asking = not scoring_a_file and not args.merge_shards
+    if "images" in bench.needs and args.images is None and asking:
         cli.fail(f"--benchmark {bench.name} needs --images DIR (the folder of its images) to ask a model; "
-                 "scoring a results file (--predictions) needs none")
-    images = None if scoring_a_file else args.images
+                 "scoring a results file (--predictions) or merging shards needs none")
+    images = None if scoring_a_file else args.images  # merging shards: optional, for the images in scores.jsonl
     for path in [*args.questions, args.annotations, images, args.predictions]:
         if path is not None and not path.exists():
             cli.fail(f"{path}: no such file or folder")
@@ -116,9 +124,18 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> int:
         cli.fail(f"{args.questions[0]}: no usable question (skipped: {loaded.skipped})")
     questions = loaded.questions[: args.limit] if args.limit is not None else loaded.questions
     suffix = bench.prompt_suffix if args.prompt_suffix is None else args.prompt_suffix
-    if scoring_a_file:
+    if args.shard:
+        if scoring_a_file:
+            cli.fail("--shard splits the questions a model answers; a results file (--predictions) is scored whole")
+        questions = select(questions, args.shard)
+    if args.merge_shards:
+        from evaluation.shards import merge_benchmark
+
+        answers, errors, cover, extra, source = merge_benchmark(args.merge_shards, bench, loaded, questions, output,
+                                                                args.limit, args.overwrite)
+    elif scoring_a_file:
         answers = bench.read_predictions(args.predictions, loaded.questions)
-        errors: list[dict] = []
+        errors = []
         cover = coverage(loaded, questions, answers, args.limit)
         extra = {"predictions": str(args.predictions)}
         source = str(args.predictions)
@@ -127,7 +144,7 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> int:
         config = cli.generation_config(args)
         settings = cli.sampling_settings(config, args)
         produced_by = {"benchmark": bench.name, "model": cli.model_identity(args),
-                       "prompt_suffix": suffix, "generation": asdict(settings)}
+                       "prompt_suffix": suffix, "generation": asdict(settings), **shard_record(args)}
         # Refuse to mix answers of another run before the model loads; --overwrite starts again.
         start_or_resume(output / PREDICTIONS, produced_by, overwrite=args.overwrite)
         predictor = cli.load_predictor(args, concurrency=args.concurrency or config.generation.batch_size)
@@ -141,6 +158,8 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> int:
     metrics = finish(bench, loaded, questions, answers, errors, output, extra, cover,
                      allow_partial=args.allow_partial, source=source)
     partial = "" if cover.complete else f" -- PARTIAL: {cover.describe()}"
+    if args.shard:
+        partial += f" (shard {args.shard[0]}/{args.shard[1]}: combine all shards with --merge-shards)"
     print(f"{bench.name}: {bench.headline(metrics)} on {metrics['count']} questions "
           f"({metrics['errors']} not asked, {sum(loaded.skipped.values())} skipped while reading){partial} -> {output}")
     if "submission" in metrics:
@@ -150,31 +169,32 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> int:
 
 
 def run_compare(args: argparse.Namespace, output: Path) -> int:
-    from evaluation.compare import compare, headline, read_run, write
+    from evaluation.compare import run
 
     given = [flag for flag, value in (("--benchmark", args.benchmark), ("--data", args.data),
                                       ("--predictions", args.predictions), ("--checkpoint", args.checkpoint),
                                       ("--gguf", args.gguf), ("--server", args.server)) if value]
     if given:
         cli.fail(f"--compare reads two evaluation outputs and asks no model; drop {', '.join(given)}")
-    a, b = (read_run(path) for path in args.compare)
-    comparison = compare(a, b)
-    try:
-        write(comparison, output)
-    except OSError as exc:
-        cli.fail(f"{output}: {exc}")
-    print(headline(comparison) + f" -> {output / 'compare.md'}")
+    print(run(*args.compare, output))
     return 0
 
 
-def print_summary(metrics: dict, output: Path) -> None:
-    print(
-        f"VQA accuracy {100 * metrics['vqa_accuracy']:.2f}  exact match {100 * metrics['exact_match']:.2f}  "
-        f"on {metrics['count']} questions ({metrics['errors']} errors, {metrics['skipped']} skipped) -> {output}"
-    )
-    for qtype, m in sorted(metrics["per_question_type"].items(), key=lambda kv: str(kv[0])):
-        print(f"  {qtype}: VQA accuracy {100 * m['vqa_accuracy']:.2f}  exact match {100 * m['exact_match']:.2f}  "
-              f"({m['count']})")
+def shard_record(args: argparse.Namespace) -> dict:
+    """``{"shard": "I/N"}`` for the ``produced_by`` of a ``--shard`` run (else nothing)."""
+    return {"shard": f"{args.shard[0]}/{args.shard[1]}"} if args.shard else {}
+
+
+def write_merged_results(output: Path, predictions: list[dict], metrics: dict) -> int:
+    """A merged-data run's files (one line if they cannot be written), and its summary."""
+    from evaluation.records import summary, write_results
+
+    try:
+        write_results(output, predictions, metrics)
+    except OSError as exc:
+        cli.fail(f"{output}: {exc}")
+    print(summary(metrics, output))
+    return 0
 
 
 @cli.entry_point
@@ -188,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_compare(args, output)
     if args.benchmark:
         return run_benchmark(args, output)
+    if args.merge_shards:
+        from evaluation.shards import merge_records
+
+        return write_merged_results(output, *merge_records(args.merge_shards))
     return run_merged(args, output)
 
 
@@ -204,26 +228,22 @@ def run_merged(args: argparse.Namespace, output: Path) -> int:
     records, images = load_merged(data)
     if args.limit is not None:
         records = records[: args.limit]
+    positions, records = select(range(len(records)), args.shard), select(records, args.shard)
     if not records:
         cli.fail(f"{data}: holds no records")
     settings = cli.sampling_settings(config, args)
     identity = cli.model_identity(args)
     predictor = cli.load_predictor(args, concurrency=config.generation.batch_size)
 
-    from evaluation.records import evaluate_records, write_results
+    from evaluation.records import evaluate_records
 
     with cli.on_interrupt(f"nothing was written to {output}; run the same command again"):
         predictions, metrics = evaluate_records(
-            predictor, records, images, settings, config.generation.batch_size, progress=True
+            predictor, records, images, settings, config.generation.batch_size, progress=True, positions=positions
         )
     if not predictions:
         cli.fail(f"{data}: no record could be evaluated ({metrics['errors']} errors, {metrics['skipped']} skipped)")
     metrics.update(checkpoint=args.checkpoint, gguf=args.gguf, server=args.server, data=str(data), generation=asdict(settings),
-                   produced_by={"model": identity, "generation": asdict(settings)})
-    try:
-        write_results(output, predictions, metrics)
-    except OSError as exc:
-        cli.fail(f"{output}: {exc}")
-    print_summary(metrics, output)
-    return 0
+                   produced_by={"model": identity, "generation": asdict(settings), **shard_record(args)})
+    return write_merged_results(output, predictions, metrics)
 

@@ -324,6 +324,16 @@ def write(c: Comparison, output: Path) -> None:
     write_bytes(output / "compare.png", plot(c))
 
 
+def run(a: Path, b: Path, output: Path) -> str:
+    """``evaluate.py --compare A B``: read, compare, write into ``output``; returns the line to print."""
+    comparison = compare(read_run(a), read_run(b))
+    try:
+        write(comparison, output)
+    except OSError as exc:
+        raise UserError(f"{output}: {exc}") from None
+    return headline(comparison) + f" -> {output / 'compare.md'}"
+
+
 def headline(c: Comparison) -> str:
     d = c.overall
     return (f"{c.a.kind}: A {d.a:.2f}, B {d.b:.2f} on {d.count} paired questions; "

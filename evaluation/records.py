@@ -41,8 +41,11 @@ def _image_table(images) -> Mapping[str, Path]:
 
 
 def evaluate_records(predictor, records, images, settings=None, batch_size: int = 8,
-                     progress: bool = False) -> tuple[list[dict], dict]:
+                     progress: bool = False, positions=None) -> tuple[list[dict], dict]:
     """Answer and score held-out ``records`` (merged ``qa.json`` entries).
+
+    ``positions``: each record's position in its data file (default: 0, 1, ...), written as
+    ``index`` with its prediction (a shard's records are every N-th; see :func:`merge_shards`).
 
     ``images``: the image table (see :func:`_image_table`). ``predictor``: anything with
     ``answer(images, questions, settings)`` (a local :class:`inference.predictor.Predictor` or a
@@ -53,7 +56,7 @@ def evaluate_records(predictor, records, images, settings=None, batch_size: int 
 
     table = _image_table(images)
     jobs, skipped, errors = [], [], []
-    for index, record in enumerate(records):
+    for index, record in zip(positions if positions is not None else range(len(records)), records):
         record_id = record.get("id", f"#{index}") if isinstance(record, Mapping) else f"#{index}"
         question = first_turn_question(record) if isinstance(record, Mapping) else ""
         answers = ground_truth(record) if isinstance(record, Mapping) else None
@@ -64,7 +67,7 @@ def evaluate_records(predictor, records, images, settings=None, batch_size: int 
         if path is None:
             errors.append({"id": record_id, "error": f"image_id {record.get('image_id')!r} is not in the image table"})
             continue
-        jobs.append((record, record_id, question, answers, path))
+        jobs.append((record, record_id, question, answers, path, index))
 
     predictions: list[dict] = []
     bar = None
@@ -84,11 +87,12 @@ def evaluate_records(predictor, records, images, settings=None, batch_size: int 
                     errors.append({"id": job[1], "error": one_line(exc)})
             if chunk:
                 answers = predictor.answer(loaded, [job[2] for job in chunk], settings)
-                for (record, record_id, question, truth, job_path), answer in zip(chunk, answers):
+                for (record, record_id, question, truth, job_path, index), answer in zip(chunk, answers):
                     if getattr(answer, "error", None):  # the server failed on it: not a (wrong) prediction
                         errors.append({"id": record_id, "error": answer.error})
                         continue
                     predictions.append({
+                        "index": index,
                         "id": record_id,
                         "image_id": record.get("image_id"),
                         "image": str(job_path),
@@ -111,6 +115,11 @@ def evaluate_records(predictor, records, images, settings=None, batch_size: int 
             del p["answer_type"]
         if p["confidence"] is not None and not math.isfinite(p["confidence"]):
             p["confidence"] = None  # JSON has no infinities
+    return predictions, summarise(predictions, errors, skipped)
+
+
+def summarise(predictions: list[dict], errors: list[dict], skipped: list[dict]) -> dict:
+    """The metrics of scored predictions, with what could not be scored (counted, first examples)."""
     metrics = score(predictions)
     metrics["errors"] = len(errors)
     metrics["skipped"] = len(skipped)
@@ -118,7 +127,17 @@ def evaluate_records(predictor, records, images, settings=None, batch_size: int 
         metrics["error_examples"] = errors[:5]
     if skipped:
         metrics["skipped_examples"] = skipped[:5]
-    return predictions, metrics
+    return metrics
+
+
+def summary(metrics: Mapping, output: Path) -> str:
+    """What ``evaluate.py`` prints for merged data: the overall numbers, then each question type's."""
+    lines = [f"VQA accuracy {100 * metrics['vqa_accuracy']:.2f}  exact match {100 * metrics['exact_match']:.2f}  "
+             f"on {metrics['count']} questions ({metrics['errors']} errors, {metrics['skipped']} skipped) -> {output}"]
+    for qtype, m in sorted(metrics["per_question_type"].items(), key=lambda kv: str(kv[0])):
+        lines.append(f"  {qtype}: VQA accuracy {100 * m['vqa_accuracy']:.2f}  exact match {100 * m['exact_match']:.2f}  "
+                     f"({m['count']})")
+    return "\n".join(lines)
 
 
 def write_results(output: Path, predictions: list[dict], metrics: dict) -> None:

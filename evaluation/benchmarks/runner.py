@@ -238,7 +238,8 @@ def finish(bench: Benchmark, loaded: Loaded, questions: Sequence[Question], answ
                    skipped=loaded.skipped, skipped_examples=loaded.examples, errors=len(errors),
                    error_examples=errors[:5], **extra)
     documents: dict[str, object] = {}
-    if len(scorable) < len(questions):
+    shard = isinstance(extra.get("produced_by"), Mapping) and extra["produced_by"].get("shard")
+    if len(scorable) < len(questions) and not shard:  # a shard's part is merged first (--merge-shards)
         submission = bench.submission(questions, answers)
         if submission is not None:
             documents[submission.filename] = [json.dumps(submission.content, ensure_ascii=False) + "\n"]
