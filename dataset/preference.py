@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from config import DEFAULT_IMAGE_TOKEN
 from dataset.records import load_merged
-from dataset.vqa_dataset import VQADataset
+from dataset.vqa_dataset import RecordView, VQADataset
 
 logger = logging.getLogger(__name__)
 
@@ -30,33 +30,37 @@ def rejected_record(record: dict) -> dict:
     return {**record, "messages": messages}
 
 
+def preference_pairs(records: list) -> list:
+    """The merged records that are preference pairs (a last assistant turn and a ``rejected`` answer)."""
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("rejected"), str)
+            and isinstance(r.get("messages"), list) and r["messages"]
+            and isinstance(r["messages"][-1], dict) and r["messages"][-1].get("role") == "assistant"]
+
+
+NO_PAIRS = ("no preference records (merged records with a 'rejected' answer: process_image.py with a source of "
+            "type preference)")
+CHOSEN = RecordView("preference chosen", preference_pairs, "not_a_preference_record", NO_PAIRS)
+REJECTED = RecordView("preference rejected", lambda records: [rejected_record(r) for r in preference_pairs(records)],
+                      "not_a_preference_record", NO_PAIRS)
+
+
 class PreferenceDataset(Dataset):
     def __init__(self, qa_file: str | Path, renderer, preprocess, max_length: int,
                  image_token: str = DEFAULT_IMAGE_TOKEN, system_prompt: str | None = None,
                  show_progress: bool = True, limit: int | None = None, cache: bool = False,
                  cache_dir: str | None = None) -> None:
-        """``cache``, ``cache_dir``: accepted for the same call as ``VQADataset``; preference pairs
-        are rendered in memory (not cached on disk yet)."""
-        records, images = load_merged(Path(qa_file).resolve())
-        records = records[:limit] if limit is not None else records
-        pairs = [r for r in records if isinstance(r, dict) and isinstance(r.get("rejected"), str)
-                 and isinstance(r.get("messages"), list) and r["messages"]
-                 and isinstance(r["messages"][-1], dict) and r["messages"][-1].get("role") == "assistant"]
-        self.skipped: Counter[str] = Counter()
-        if len(pairs) < len(records):
-            self.skipped["not_a_preference_record"] = len(records) - len(pairs)
-        if not pairs:
-            raise ValueError(f"{qa_file}: no preference records (merged records with a 'rejected' answer: "
-                             "process_image.py with a source of type preference)")
-        args = (renderer, preprocess, max_length, image_token, system_prompt, show_progress)
-        self.chosen = VQADataset(qa_file, *args, merged=(pairs, images))
-        self.rejected = VQADataset(qa_file, *args, merged=([rejected_record(r) for r in pairs], images))
+        """Both sides rendered like ``VQADataset`` samples; ``cache``: each side kept on disk and
+        memory-mapped (``dataset.token_cache``), so a later run neither parses nor tokenizes."""
+        merged = None if cache else load_merged(Path(qa_file).resolve())  # read once for both sides
+        args = (renderer, preprocess, max_length, image_token, system_prompt, show_progress, limit, merged, cache, cache_dir)
+        self.chosen = VQADataset(qa_file, *args, view=CHOSEN)
+        self.rejected = VQADataset(qa_file, *args, view=REJECTED)
+        self.skipped: Counter[str] = Counter(self.chosen.skipped)
+        self.skipped.update({k: v for k, v in self.rejected.skipped.items() if k != REJECTED.dropped})
         self.preprocess = preprocess
         rejected_at = {int(index): k for k, index in enumerate(self.rejected.record_index)}
         self.pairs = [(k, rejected_at[int(index)]) for k, index in enumerate(self.chosen.record_index)
                       if int(index) in rejected_at]
-        self.skipped.update(self.chosen.skipped)
-        self.skipped.update(self.rejected.skipped)
         if not self.pairs:
             raise ValueError(f"{qa_file}: no usable preference pairs (skipped: {dict(self.skipped)})")
         # For length-grouped batches: both rows of a pair are padded to the longer one.

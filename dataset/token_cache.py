@@ -177,10 +177,12 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_or_build(root: Path, key: str, qa_file: Path, build: Callable[[], TokenTable]) -> tuple[TokenTable, bool]:
+def open_or_build(root: Path, key: str, qa_file: Path, build: Callable[[], TokenTable],
+                  variant: str | None = None) -> tuple[TokenTable, bool]:
     """The cached table for ``key`` under ``root``, built with ``build`` when there is none (one
-    process builds, the others wait for it). Returns the table (memory-mapped) and whether it was
-    built now."""
+    process builds, the others wait for it). ``variant``: which samples of the file it holds (the
+    chosen or rejected side of preference pairs), kept apart from the others. Returns the table
+    (memory-mapped) and whether it was built now."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
     with _locked(root / f"{key}.lock"):
@@ -192,18 +194,18 @@ def open_or_build(root: Path, key: str, qa_file: Path, build: Callable[[], Token
             tmp = root / f".{key}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                table.save(tmp, {"qa_file": str(qa_file.resolve()), "format": FORMAT})
+                table.save(tmp, {"qa_file": str(qa_file.resolve()), "variant": variant, "format": FORMAT})
                 os.rename(tmp, final)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             built = True
-            _remove_older(root, key, qa_file)
+            _remove_older(root, key, qa_file, variant)
     with contextlib.suppress(OSError):
         (root / f"{key}.lock").unlink()
     return TokenTable.open(final), built
 
 
-def _remove_older(root: Path, key: str, qa_file: Path) -> None:
+def _remove_older(root: Path, key: str, qa_file: Path, variant: str | None) -> None:
     """Caches of the same data file under other keys (the data or a setting changed): removed, and
     said. A process still reading one keeps its mapped pages until it exits."""
     for other in root.iterdir():
@@ -213,7 +215,7 @@ def _remove_older(root: Path, key: str, qa_file: Path) -> None:
             meta = json.loads((other / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if meta.get("qa_file") == str(qa_file.resolve()):
+        if meta.get("qa_file") == str(qa_file.resolve()) and meta.get("variant") == variant:
             shutil.rmtree(other, ignore_errors=True)
             print(f"note: removed the token cache {other.name[:12]} of {qa_file} (its data or settings changed)",
                   file=sys.stderr)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,18 @@ logger = logging.getLogger(__name__)
 RENDER_CHUNK = 2048
 
 
+@dataclass(frozen=True)
+class RecordView:
+    """Which samples a data set renders from a file's records (e.g. the chosen or the rejected side of
+    preference pairs): ``select`` maps the records to them; the records it drops are counted under
+    ``dropped``; ``empty`` is the error when none is left. ``name`` keeps each view's cache apart."""
+
+    name: str
+    select: Callable[[list], list]
+    dropped: str
+    empty: str
+
+
 class VQADataset(Dataset):
     def __init__(
         self,
@@ -45,11 +59,12 @@ class VQADataset(Dataset):
         merged: tuple[list, dict] | None = None,
         cache: bool = False,
         cache_dir: str | None = None,
+        view: RecordView | None = None,
     ) -> None:
         """``merged``: the records and image table already in memory (``load_merged``'s result;
         ``qa_file`` then only names them in messages). ``cache``: keep the rendered samples on disk
         and memory-map them (``dataset.token_cache``; under ``cache_dir`` when given), so a later run
-        neither parses ``qa.json`` nor tokenizes it again."""
+        neither parses ``qa.json`` nor tokenizes it again. ``view``: render only the samples it selects."""
         self.preprocess = preprocess
         self.num_image_tokens = renderer.num_image_tokens
         self.image_token_id = renderer.image_token_id
@@ -59,15 +74,25 @@ class VQADataset(Dataset):
         def build() -> TokenTable:
             records, images = merged or load_merged(qa_path)
             records = records[:limit] if limit is not None else records
-            return self._render_all(records, images, renderer, max_length, image_token, system_prompt,
-                                    show_progress, Path(qa_file).name)
+            dropped = 0
+            if view is not None:
+                selected = view.select(records)
+                dropped, records = len(records) - len(selected), selected
+                if not records:
+                    raise ValueError(f"{qa_file}: {view.empty}")
+            table = self._render_all(records, images, renderer, max_length, image_token, system_prompt,
+                                     show_progress, Path(qa_file).name)
+            if dropped:
+                table.skipped = {view.dropped: dropped, **table.skipped}
+            return table
 
         if cache and merged is None:
             settings = {"tokenizer": token_cache.tokenizer_digest(renderer.tokenizer), "image_token": image_token,
                         "system_prompt": system_prompt, "max_length": max_length,
-                        "num_image_tokens": self.num_image_tokens, "limit": limit}
+                        "num_image_tokens": self.num_image_tokens, "limit": limit, "view": view and view.name}
             key = token_cache.cache_key(qa_path, qa_path.parent / IMAGES_FILE, settings)
-            self.table, built = token_cache.open_or_build(token_cache.cache_root(qa_path, cache_dir), key, qa_path, build)
+            self.table, built = token_cache.open_or_build(token_cache.cache_root(qa_path, cache_dir), key, qa_path, build,
+                                                          variant=view and view.name)
             self.cached = "built" if built else "reused"
         else:
             self.table, self.cached = build(), None

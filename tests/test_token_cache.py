@@ -19,6 +19,7 @@ import torch
 
 from dataset import VQADataset, token_cache
 from qwen import PromptRenderer
+from tests.test_dpo import preference_data  # noqa: F401 (a fixture)
 from tests.test_train import losses, merged, overrides, run_train  # noqa: F401 (merged: a fixture)
 from visual import ImagePreprocessor
 
@@ -161,3 +162,29 @@ def test_training_from_the_cache_gives_the_same_losses(tiny, merged, tmp_path): 
     assert "tokenized data" not in runs["uncached"][1]
     assert "tokenized data built" in runs["build"][1] and "tokenized data reused" in runs["reuse"][1]
     assert runs["uncached"][0] == runs["build"][0] == runs["reuse"][0] and len(runs["build"][0]) == 4
+
+
+def test_preference_pairs_are_cached_side_by_side(merged, preference_data, tokenizer, tmp_path, monkeypatch):  # noqa: F811
+    from dataset.preference import PreferenceDataset
+
+    qa = copy_data(preference_data["train"], tmp_path / "pairs")
+    records = json.loads(qa.read_text())
+    records.append({k: v for k, v in records[0].items() if k != "rejected"} | {"id": "not-a-pair"})
+    qa.write_text(json.dumps(records))
+
+    def pairs(cache):
+        return PreferenceDataset(qa, PromptRenderer(tokenizer, 9), ImagePreprocessor(size=48), 96, show_progress=False,
+                                 cache=cache, cache_dir=str(tmp_path / "cache"))
+
+    reference, cached = pairs(False), pairs(True)
+    assert cached.chosen.cached == cached.rejected.cached == "built"
+    assert cached.skipped == reference.skipped and cached.skipped["not_a_preference_record"] == 1
+    assert cached.pairs == reference.pairs and cached.lengths == reference.lengths
+    for i in (0, len(cached) // 2, len(cached) - 1):
+        a, b = reference[i], cached[i]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), i
+    # the two sides are two caches of one file: neither removes the other, and both are reused
+    monkeypatch.setattr("dataset.preference.load_merged", lambda *a: (_ for _ in ()).throw(AssertionError("parsed")))
+    monkeypatch.setattr("dataset.vqa_dataset.load_merged", lambda *a: (_ for _ in ()).throw(AssertionError("parsed")))
+    again = pairs(True)
+    assert again.chosen.cached == again.rejected.cached == "reused" and again.pairs == reference.pairs
