@@ -63,6 +63,7 @@ from pathlib import Path
 
 import cli
 from atomic import check_writable
+from dataset.produced_by import shard_label
 from evaluation.benchmarks import BENCHMARKS
 from evaluation.shards import select
 
@@ -144,7 +145,7 @@ def run_benchmark(args: argparse.Namespace, output: Path) -> int:
         config = cli.generation_config(args)
         settings = cli.sampling_settings(config, args)
         produced_by = {"benchmark": bench.name, "model": cli.model_identity(args),
-                       "prompt_suffix": suffix, "generation": asdict(settings), **shard_record(args)}
+                       "prompt_suffix": suffix, "generation": asdict(settings), **shard_label(args.shard)}
         # Refuse to mix answers of another run before the model loads; --overwrite starts again.
         start_or_resume(output / PREDICTIONS, produced_by, overwrite=args.overwrite)
         predictor = cli.load_predictor(args, concurrency=args.concurrency or config.generation.batch_size)
@@ -178,11 +179,6 @@ def run_compare(args: argparse.Namespace, output: Path) -> int:
         cli.fail(f"--compare reads two evaluation outputs and asks no model; drop {', '.join(given)}")
     print(run(*args.compare, output))
     return 0
-
-
-def shard_record(args: argparse.Namespace) -> dict:
-    """``{"shard": "I/N"}`` for the ``produced_by`` of a ``--shard`` run (else nothing)."""
-    return {"shard": f"{args.shard[0]}/{args.shard[1]}"} if args.shard else {}
 
 
 def write_merged_results(output: Path, predictions: list[dict], metrics: dict) -> int:
@@ -244,6 +240,6 @@ def run_merged(args: argparse.Namespace, output: Path) -> int:
     if not predictions:
         cli.fail(f"{data}: no record could be evaluated ({metrics['errors']} errors, {metrics['skipped']} skipped)")
     metrics.update(checkpoint=args.checkpoint, gguf=args.gguf, server=args.server, data=str(data), generation=asdict(settings),
-                   produced_by={"model": identity, "generation": asdict(settings), **shard_record(args)})
+                   produced_by={"model": identity, "generation": asdict(settings), **shard_label(args.shard)})
     return write_merged_results(output, predictions, metrics)
 

@@ -8,6 +8,9 @@ examples:
   # batch pre-annotation: one JSON line per image, resumable, low-confidence answers flagged
   python infer.py --checkpoint checkpoints/run --images photos/ --question "What is this?" --output out.jsonl
   python infer.py --checkpoint checkpoints/run --images data/merged/qa.json --output out.jsonl
+  # the same batch on two GPUs (--shard I/N: every N-th item from the I-th), then merged
+  CUDA_VISIBLE_DEVICES=0 python infer.py --checkpoint ckpt --images photos/ --question "..." --shard 0/2 --output s0.jsonl
+  python infer.py --images photos/ --question "..." --merge-shards s0.jsonl s1.jsonl --output out.jsonl
   # the same questions asked of an OpenAI-compatible server (vLLM, transformers serve)
   python infer.py --server http://localhost:8000 --image cat.jpg --question "What is on the sofa?"
   # ... or of a GGUF export through llama.cpp (export.py --format gguf; needs llama-cpp-python)
@@ -46,6 +49,7 @@ question, a directory that is not a checkpoint), with one line on stderr; 130 in
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -102,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the question (with --images DIR: asked of every image; with qa.json: replaces the records')")
     inputs.add_argument("--output", metavar="FILE.jsonl", help="batch output, appended to and resumed from")
     inputs.add_argument("--retry-errors", action="store_true", help="batch: ask again where the output holds an error")
+    inputs.add_argument("--shard", type=cli.shard_argument, metavar="I/N",
+                        help="batch: answer only every N-th item from the I-th (I from 0 to N-1), e.g. one per GPU")
+    inputs.add_argument("--merge-shards", nargs="+", metavar="FILE.jsonl",
+                        help="batch: combine the --output files of the --shard 0/N .. N-1/N runs over the same "
+                             "--images into --output, as one whole run writes it (no model is loaded)")
     inputs.add_argument("--overwrite", action="store_true",
                         help="batch: start --output again instead of resuming (needed when it was written by "
                              "another model or other generation settings)")
@@ -122,7 +131,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         cli.fail("--images needs --output FILE.jsonl")
     if args.output and args.images is None:
         cli.fail("--output is only used with --images (a batch)")
-    cli.check_model_arguments(args)
+    if (args.shard or args.merge_shards) and args.images is None:
+        cli.fail("--shard and --merge-shards are for a batch (--images)")
+    if not args.merge_shards:
+        cli.check_model_arguments(args)
 
 
 def ask_one_image(args: argparse.Namespace, config) -> int:
@@ -138,9 +150,9 @@ def ask_one_image(args: argparse.Namespace, config) -> int:
 
 
 def answer_batch(args: argparse.Namespace, config) -> int:
-    from atomic import check_writable
-    from dataset.produced_by import start_or_resume
-    from inference.batch import collect_items, run_batch
+    from atomic import check_writable, write_text
+    from dataset.produced_by import shard_label, start_or_resume
+    from inference.batch import collect_items, merge_shards, run_batch
 
     from inference.flags import ReviewRules
 
@@ -150,8 +162,18 @@ def answer_batch(args: argparse.Namespace, config) -> int:
     if output.is_dir():
         cli.fail(f"{output}: is a directory; --output takes a .jsonl file")
     check_writable(output)
+    if args.merge_shards:
+        lines, counts = merge_shards([Path(f) for f in args.merge_shards], items)
+        if output.exists() and not args.overwrite:
+            cli.fail(f"{output}: exists (pass --overwrite to replace it with the merged answers)")
+        write_text(output, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+        print(f"{counts['answered']} answered, {counts['errors']} errors, {counts['review']} flagged for review, "
+              f"{counts['missing']} in no shard -> {output}", file=sys.stderr)
+        return 0
+    if args.shard:
+        items = items[args.shard[0]::args.shard[1]]
     settings = cli.sampling_settings(config, args)
-    produced_by = {"model": cli.model_identity(args), "generation": asdict(settings)}
+    produced_by = {"model": cli.model_identity(args), "generation": asdict(settings), **shard_label(args.shard)}
     # Refuse to mix answers of another model or settings before the model loads.
     start_or_resume(output, produced_by, overwrite=args.overwrite)
     predictor = cli.load_predictor(args, concurrency=config.generation.batch_size, confidence=True)

@@ -93,3 +93,31 @@ def start_or_resume(path: Path, produced_by: Mapping, overwrite: bool = False) -
         f.flush()
         os.fsync(f.fileno())
     return False
+
+
+def shard_label(shard: tuple[int, int] | None) -> dict:
+    """``{"shard": "I/N"}`` for the ``produced_by`` of a run that answers shard I of N (else nothing)."""
+    return {"shard": f"{shard[0]}/{shard[1]}"} if shard else {}
+
+
+def common_of_shards(labelled: list[tuple[str, Any]]) -> dict:
+    """The ``produced_by`` that the outputs of shards 0/N .. N-1/N share, without its ``shard``.
+
+    ``labelled``: (where, its ``produced_by`` or None) per output. Refuses (one line) an output that
+    is not a shard's, a shard missing or given twice, and shards answered by different models or
+    settings -- merged, they would not be one run."""
+    for where, header in labelled:
+        if not isinstance(header, dict) or "shard" not in header:
+            raise UserError(f"{where}: not the output of a --shard run (no produced_by with a shard)")
+    shards = sorted(tuple(int(x) for x in header["shard"].split("/")) for _, header in labelled)
+    count = shards[0][1]
+    if shards != [(i, count) for i in range(count)]:
+        raise UserError(f"--merge-shards needs the outputs of shards 0/{count} .. {count - 1}/{count}, each once; got "
+                        + ", ".join(header["shard"] for _, header in labelled))
+    common = {k: v for k, v in labelled[0][1].items() if k != "shard"}
+    for where, header in labelled:
+        changed = differences(common, {k: v for k, v in header.items() if k != "shard"})
+        if changed:
+            raise UserError(f"{where}: answered by another model or settings than {labelled[0][0]} "
+                            f"({'; '.join(changed[:3])})")
+    return common

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from atomic import write_text
-from dataset.produced_by import differences, read_header
+from dataset.produced_by import common_of_shards, read_header
 from errors import UserError
 from evaluation.benchmarks.runner import PREDICTIONS, coverage, read_answers
 
@@ -26,30 +26,16 @@ def select(items: Sequence, shard: tuple[int, int] | None) -> Sequence:
 
 
 def common_produced_by(directories: Sequence[Path], name: str) -> dict:
-    """The ``produced_by`` the shards' outputs share, without its ``shard``; refuses outputs that
-    are not shards 0/N .. N-1/N each once, or were answered by different models or settings."""
-    headers = []
+    """The ``produced_by`` the shards' outputs share (``name``: the file in each that records it)."""
+    labelled = []
     for directory in directories:
         path = Path(directory) / name
         header = None
         if path.is_file():
             header = (json.loads(path.read_text(encoding="utf-8")).get("produced_by") if name == "metrics.json"
                       else read_header(path))
-        if not isinstance(header, dict) or "shard" not in header:
-            raise UserError(f"{directory}: not the output of an evaluate.py --shard run (no {name} with a shard)")
-        headers.append(header)
-    shards = sorted(tuple(int(x) for x in h["shard"].split("/")) for h in headers)
-    count = shards[0][1]
-    if shards != [(i, count) for i in range(count)]:
-        raise UserError(f"--merge-shards needs the outputs of shards 0/{count} .. {count - 1}/{count}, each once; got "
-                        + ", ".join(h["shard"] for h in headers))
-    common = {k: v for k, v in headers[0].items() if k != "shard"}
-    for directory, header in zip(directories, headers):
-        changed = differences(common, {k: v for k, v in header.items() if k != "shard"})
-        if changed:
-            raise UserError(f"{directory}: answered by another model or settings than {directories[0]} "
-                            f"({'; '.join(changed[:3])})")
-    return common
+        labelled.append((str(directory), header))
+    return common_of_shards(labelled)
 
 
 def merge_benchmark(directories: Sequence[Path], bench, loaded, questions, output: Path, limit: int | None,

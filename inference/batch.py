@@ -187,3 +187,32 @@ def run_batch(predictor, items: list[Item], output: Path, settings, batch_size: 
             append_lines(f, entries)
             bar.update(len(chunk))
     return counts
+
+
+def merge_shards(files: list[Path], items: list[Item]) -> tuple[list[dict], dict]:
+    """The outputs of ``--shard 0/N .. N-1/N`` runs over ``items`` as the lines one whole run writes:
+    their common ``produced_by`` line, then one line per item in input order (an item's answer over
+    an earlier error line of it: a retry that succeeded). Returns the lines and counts; items no
+    shard has are ``missing``."""
+    from dataset.produced_by import HEADER_KEY, common_of_shards, is_header, read_header
+
+    produced_by = common_of_shards([(str(f), read_header(f) if f.is_file() else None) for f in files])
+    latest: dict[tuple, dict] = {}
+    for path in files:
+        repair_jsonl(path)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(entry, dict) or is_header(entry):
+                    continue
+                key = item_key(entry.get("id"), entry.get("image"), entry.get("question"))
+                if "answer" in entry or "answer" not in latest.get(key, {}):
+                    latest[key] = entry
+    entries = [latest[item.key()] for item in items if item.key() in latest]
+    answered = [e for e in entries if "answer" in e]
+    return [{HEADER_KEY: produced_by}, *entries], {
+        "answered": len(answered), "errors": len(entries) - len(answered), "missing": len(items) - len(entries),
+        "review": sum(bool(e.get("review")) for e in answered)}

@@ -51,7 +51,7 @@ def test_merged_data_shards_merge_into_the_unsharded_run(trained, held_out, tmp_
     for dirs, message in (([tmp_path / "shard0"], "shards 0/2 .. 1/2, each once"),
                           ([tmp_path / "shard0", tmp_path / "shard0"], "each once; got 0/2, 0/2"),
                           ([tmp_path / "shard0", other], "answered by another model or settings"),
-                          ([tmp_path / "whole", tmp_path / "shard1"], "not the output of an evaluate.py --shard run")):
+                          ([tmp_path / "whole", tmp_path / "shard1"], "not the output of a --shard run")):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exc:
             evaluate.main(["--merge-shards", *map(str, dirs), "--data", str(held_out), "--output", str(tmp_path / "m2")])
@@ -87,3 +87,27 @@ def test_benchmark_shards_resume_and_merge_into_the_unsharded_run(trained, tmp_p
     assert whole["overall"] == round(100 * 5 / 7, 2)
     assert (tmp_path / "merged" / "predictions.jsonl").read_text() == (tmp_path / "whole" / "predictions.jsonl").read_text()
     assert (tmp_path / "merged" / "scores.jsonl").read_text() == (tmp_path / "whole" / "scores.jsonl").read_text()
+
+
+def test_batch_pre_annotation_shards_merge_into_the_unsharded_run(trained, tmp_path, capsys):
+    from commands import infer
+
+    common = ["--checkpoint", str(trained.checkpoint), "--images", str(trained.images), "--question", "What colour is it?",
+              "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", "2"]
+    assert infer.main([*common, "--output", str(tmp_path / "whole.jsonl")]) == 0
+    for i in (0, 1):
+        assert infer.main([*common, "--shard", f"{i}/2", "--output", str(tmp_path / f"s{i}.jsonl")]) == 0
+    assert lines(tmp_path / "s1.jsonl")[0]["produced_by"]["shard"] == "1/2"
+    assert infer.main(["--images", str(trained.images), "--question", "What colour is it?", "--merge-shards",
+                       str(tmp_path / "s1.jsonl"), str(tmp_path / "s0.jsonl"), "--output", str(tmp_path / "merged.jsonl")]) == 0
+    whole, merged = lines(tmp_path / "whole.jsonl"), lines(tmp_path / "merged.jsonl")
+    assert len(whole) == len(merged) > 3 and merged[0] == whole[0]  # the same produced_by, no shard
+    for a, b in zip(whole[1:], merged[1:]):
+        assert {k: v for k, v in a.items() if k != "confidence"} == {k: v for k, v in b.items() if k != "confidence"}
+        assert a.get("confidence") == pytest.approx(b.get("confidence"), abs=1e-5)
+    assert any("error" in e for e in merged[1:]) and any("answer" in e for e in merged[1:])  # the broken image too
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        infer.main(["--images", str(trained.images), "--question", "What colour is it?", "--merge-shards",
+                    str(tmp_path / "s0.jsonl"), "--output", str(tmp_path / "m2.jsonl")])
+    assert "shards 0/2 .. 1/2, each once" in capsys.readouterr().err
