@@ -114,9 +114,16 @@ def common_of_shards(labelled: list[tuple[str, Any]]) -> dict:
     if shards != [(i, count) for i in range(count)]:
         raise UserError(f"--merge-shards needs the outputs of shards 0/{count} .. {count - 1}/{count}, each once; got "
                         + ", ".join(header["shard"] for _, header in labelled))
+    def comparable(header: dict) -> dict:
+        """Without the shard, and without the server's address: replicas of one served model answer alike."""
+        out = {k: v for k, v in header.items() if k != "shard"}
+        if isinstance(out.get("model"), dict):
+            out["model"] = {k: v for k, v in out["model"].items() if k != "server"}
+        return out
+
     common = {k: v for k, v in labelled[0][1].items() if k != "shard"}
     for where, header in labelled:
-        changed = differences(common, {k: v for k, v in header.items() if k != "shard"})
+        changed = differences(comparable(common), comparable(header))
         if changed:
             raise UserError(f"{where}: answered by another model or settings than {labelled[0][0]} "
                             f"({'; '.join(changed[:3])})")

@@ -15,11 +15,12 @@ nested types or its query engine.
 The cache is keyed by everything that decides the samples: the bytes of ``qa.json`` and
 ``images.json``, where they are (image paths resolve against it), the tokenizer (its serialised
 vocabulary and merges), the chat template, the placeholder, the system prompt, ``max_length``,
-the number of image tokens, a record limit and :data:`FORMAT`. A changed input is another key, so
-it is built anew; the cache of the same data file under an older key is removed once the new one is
-in place. One process builds a key while the others wait on a lock file and then open it; a build
-goes into a temporary directory renamed into place at the end, so a crash never leaves a cache that
-looks complete.
+the number of image tokens, a record limit, the code that renders (``qwen/prompt.py``,
+``dataset/vqa_dataset.py``) and :data:`FORMAT`. A changed input is another key, so it is built
+anew; caches under other keys are listed, never removed (another run may be mapping them). One
+process builds a key while the others wait on its lock file and then open it; a build goes into a
+temporary directory renamed into place at the end, so a crash never leaves a cache that looks
+complete (and the next build of that key removes the crashed one's directory).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1  # bump when the layout or the rendering changes
+FORMAT = 1  # bump when the layout changes
+# The code that turns records into samples: a change to it (a label-span fix) must not reuse old caches.
+_RENDERING_CODE = hashlib.sha256(b"".join((Path(__file__).resolve().parents[1] / name).read_bytes()
+                                          for name in ("qwen/prompt.py", "dataset/vqa_dataset.py"))).hexdigest()
 _ARRAYS = ("ids", "supervised", "offsets", "image", "record")
 _CHUNK = 1 << 22
 
@@ -145,7 +149,7 @@ def tokenizer_digest(tokenizer) -> str:
 
 def cache_key(qa_file: Path, images_file: Path | None, settings: dict) -> str:
     """What decides the samples (see the module doc), as one sha256."""
-    parts = {"format": FORMAT, "qa_file": str(qa_file.resolve()), "qa_sha256": file_digest(qa_file),
+    parts = {"format": FORMAT, "code": _RENDERING_CODE, "qa_file": str(qa_file.resolve()), "qa_sha256": file_digest(qa_file),
              "images_sha256": file_digest(images_file) if images_file is not None and images_file.is_file() else None,
              **settings}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
@@ -187,6 +191,8 @@ def open_or_build(root: Path, key: str, qa_file: Path, build: Callable[[], Token
     final = root / key
     with _locked(root / f"{key}.lock"):
         built = False
+        for stale in root.glob(f".{key}.tmp-*"):  # a build killed part-way (we hold its lock: nobody builds it now)
+            shutil.rmtree(stale, ignore_errors=True)
         if not (final / "meta.json").is_file():
             if final.exists():  # no meta.json: not a finished cache (an older crash); never used
                 shutil.rmtree(final)
@@ -199,15 +205,16 @@ def open_or_build(root: Path, key: str, qa_file: Path, build: Callable[[], Token
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             built = True
-            _remove_older(root, key, qa_file, variant)
-    with contextlib.suppress(OSError):
-        (root / f"{key}.lock").unlink()
-    return TokenTable.open(final), built
+            _note_older(root, key, qa_file, variant)
+        table = TokenTable.open(final)
+    return table, built
 
 
-def _remove_older(root: Path, key: str, qa_file: Path, variant: str | None) -> None:
-    """Caches of the same data file under other keys (the data or a setting changed): removed, and
-    said. A process still reading one keeps its mapped pages until it exits."""
+def _note_older(root: Path, key: str, qa_file: Path, variant: str | None) -> None:
+    """Say where caches of the same data file under other keys are (older data, other settings, or
+    a held-out subset of it): never removed here, since another run or rank may be mapping them
+    (on a network file system a removed file is gone for the other machines too)."""
+    older = []
     for other in root.iterdir():
         if other.name == key or not (other / "meta.json").is_file():
             continue
@@ -216,6 +223,8 @@ def _remove_older(root: Path, key: str, qa_file: Path, variant: str | None) -> N
         except (OSError, ValueError):
             continue
         if meta.get("qa_file") == str(qa_file.resolve()) and meta.get("variant") == variant:
-            shutil.rmtree(other, ignore_errors=True)
-            print(f"note: removed the token cache {other.name[:12]} of {qa_file} (its data or settings changed)",
-                  file=sys.stderr)
+            older.append(other)
+    if older:
+        size = sum(f.stat().st_size for d in older for f in d.iterdir() if f.is_file())
+        print(f"note: {len(older)} other token cache(s) of {qa_file} ({size / 2**20:.0f} MiB) in {root}: other data or "
+              "settings; remove them when no run uses them", file=sys.stderr)

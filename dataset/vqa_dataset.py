@@ -25,6 +25,7 @@ from config import DEFAULT_IMAGE_TOKEN
 from dataset import token_cache
 from dataset.records import IMAGES_FILE, image_path as record_image, load_merged
 from dataset.token_cache import TableBuilder, TokenTable
+from errors import UserError
 from qwen.prompt import IGNORE_INDEX, PromptRenderer, record_messages
 
 logger = logging.getLogger(__name__)
@@ -91,8 +92,12 @@ class VQADataset(Dataset):
                         "system_prompt": system_prompt, "max_length": max_length,
                         "num_image_tokens": self.num_image_tokens, "limit": limit, "view": view and view.name}
             key = token_cache.cache_key(qa_path, qa_path.parent / IMAGES_FILE, settings)
-            self.table, built = token_cache.open_or_build(token_cache.cache_root(qa_path, cache_dir), key, qa_path, build,
-                                                          variant=view and view.name)
+            root = token_cache.cache_root(qa_path, cache_dir)
+            try:
+                self.table, built = token_cache.open_or_build(root, key, qa_path, build, variant=view and view.name)
+            except OSError as exc:  # a full disk, no permission, a file system without locks
+                raise UserError(f"{qa_file}: the token cache in {root} cannot be used ({exc}); set data.token_cache_dir "
+                                "to a writable local folder, or data.token_cache: false") from None
             self.cached = "built" if built else "reused"
         else:
             self.table, self.cached = build(), None

@@ -119,7 +119,8 @@ def read_run(path: str | Path) -> Run:
         kind = metrics["benchmark"]
         if not (path / SCORES).is_file():
             raise UserError(f"{path}: no {SCORES} (written by evaluate.py since --compare exists, only for splits with "
-                            "public answers); score the run again: evaluate.py --benchmark ... --predictions FILE")
+                            "public answers); run the same evaluate.py command again: it resumes from predictions.jsonl, "
+                            f"asks nothing and writes {SCORES}")
         for row in _read_jsonl(path / SCORES):
             items[str(row["qid"])] = Scored(row["question"], row["answer"], float(row["score"]), row.get("group") or {},
                                             row.get("image"))
@@ -165,6 +166,9 @@ def difference(a: Sequence[float], b: Sequence[float], resamples: int = RESAMPLE
     if a_better + b_better == 0:  # identical credit everywhere: nothing to resample
         low = high = 0.0
         p_value = 1.0
+    elif len(d) < 2:  # one question (a rare type): no interval to resample; the sign test still applies
+        low = high = float(d.mean())
+        p_value = float(binomtest(b_better, a_better + b_better, 0.5).pvalue)
     else:
         interval = bootstrap((d,), np.mean, n_resamples=resamples, method="percentile", confidence_level=0.95,
                              rng=np.random.default_rng(seed), batch=max(1, min(resamples, 20_000_000 // len(d)))

@@ -65,6 +65,9 @@ def merge_records(directories: Sequence[Path]) -> tuple[list[dict], dict]:
     from evaluation.vqa_metric import score
 
     produced_by = common_produced_by(directories, "metrics.json")
+    if "benchmark" in produced_by:
+        raise UserError(f"{directories[0]}: shards of the {produced_by['benchmark']} benchmark: merge them with "
+                        "--benchmark and its --questions (and --annotations)")
     predictions, parts = [], []
     for directory in directories:
         parts.append(json.loads((Path(directory) / "metrics.json").read_text(encoding="utf-8")))

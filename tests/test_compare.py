@@ -216,3 +216,17 @@ def test_runs_that_do_not_pair_are_refused(tmp_path, capsys):
         evaluate.main(["--compare", str(a), str(a), "--checkpoint", "x", "--output", str(tmp_path / "cmp")])
     assert "asks no model; drop --checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_type_with_a_single_changed_question_has_no_interval_but_compares(tmp_path):
+    images = {i: tmp_path / "x.png" for i in range(1, 6)}
+    a = merged_run(tmp_path, "a", {1, 2, 3}, images)
+    b = merged_run(tmp_path, "b", {1, 2, 3, 4}, images)
+    for name in ("a", "b"):  # question 4 is the only one of its type
+        path = tmp_path / name / "predictions.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        rows[3]["question_type"] = "how many"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    single = compare(a, b, tmp_path / "cmp")["groups"]["question_type"]["how many"]
+    assert single["count"] == 1 and single["low"] == single["high"] == single["difference"] == 100.0
+    assert single["p_value"] == 1.0 and not (single["p_value"] < 0.05)

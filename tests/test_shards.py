@@ -111,3 +111,25 @@ def test_batch_pre_annotation_shards_merge_into_the_unsharded_run(trained, tmp_p
         infer.main(["--images", str(trained.images), "--question", "What colour is it?", "--merge-shards",
                     str(tmp_path / "s0.jsonl"), "--output", str(tmp_path / "m2.jsonl")])
     assert "shards 0/2 .. 1/2, each once" in capsys.readouterr().err
+
+
+def test_replicas_of_one_served_model_are_one_run_and_benchmark_shards_need_their_files(tmp_path, capsys):
+    from dataset.produced_by import common_of_shards
+    from errors import UserError
+
+    def header(i, url, model="vqa"):
+        return {"benchmark": "pope", "model": {"server": url, "model": model}, "generation": {"max_new_tokens": 8},
+                "shard": f"{i}/2"}
+
+    common = common_of_shards([("s0", header(0, "http://gpu0:8000")), ("s1", header(1, "http://gpu1:8000"))])
+    assert common["model"]["model"] == "vqa" and "shard" not in common
+    with pytest.raises(UserError, match="answered by another model or settings"):
+        common_of_shards([("s0", header(0, "http://gpu0:8000")), ("s1", header(1, "http://gpu1:8000", "other"))])
+    # benchmark shards merged without --benchmark: one line, not a traceback
+    for i in (0, 1):
+        write(tmp_path / f"s{i}" / "metrics.json", {"produced_by": header(i, "http://x"), "count": 1})
+        write(tmp_path / f"s{i}" / "predictions.jsonl", json.dumps({"produced_by": header(i, "http://x")}) + "\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate.main(["--merge-shards", str(tmp_path / "s0"), str(tmp_path / "s1"), "--output", str(tmp_path / "all")])
+    assert "shards of the pope benchmark: merge them with --benchmark" in capsys.readouterr().err

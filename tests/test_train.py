@@ -413,6 +413,20 @@ def test_adapter_variants_train_resume_and_answer(tiny, merged, tmp_path, capsys
         reference.disable_adapter_layers()  # not vacuous: the adapter matters
         assert (model.language_model(input_ids=ids).logits - reference(input_ids=ids).logits).abs().max() > 1e-4
 
+    # Continuing this adapter (train.init_from) under other adapter settings is refused before anything loads.
+    from config import load_config
+    from errors import UserError
+    from training.checks import validate
+
+    def sets(*extra):
+        args = overrides(tiny, merged, tmp_path / "next", *common, f"train.init_from={straight}", *extra)
+        return [a for i, a in enumerate(args) if i and args[i - 1] == "--set"]
+
+    validate(load_config("configs/demo.yaml", sets()))  # the same settings: fine
+    other = "train.lora.init=default" if init == "pissa" else "train.lora.method=lora"
+    with pytest.raises(UserError, match="holds a LoRA adapter trained with other train.lora settings"):
+        validate(load_config("configs/demo.yaml", sets(other)))
+
     picture = next(p for p in sorted((merged["train"].parent.parent / "demo" / "images").rglob("*")) if p.is_file())
     capsys.readouterr()
     assert infer.main(["--checkpoint", str(straight), "--image", str(picture), "--question", "What colour is it?",

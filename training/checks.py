@@ -157,4 +157,9 @@ def validate(cfg: Config) -> None:
         check_writable(t.output_dir)
     except UserError as exc:
         raise UserError(f"train.output_dir: {exc}") from None
+    if d.token_cache and d.token_cache_dir:
+        try:
+            check_writable(d.token_cache_dir)
+        except UserError as exc:
+            raise UserError(f"data.token_cache_dir: {exc}") from None
     _check_lora_targets(cfg)

@@ -69,6 +69,32 @@ class Pretrain(Stage):
 class SFT(Stage):
     name = "sft"
 
+    def check(self, cfg: Config) -> None:
+        """An ``init_from`` checkpoint's LoRA adapter continues only under the same adapter settings:
+        loaded into another variant (rank, scaling, DoRA's magnitudes, PiSSA's residual base) it
+        would silently be another model."""
+        import json
+
+        from model.checkpoints import resolve_checkpoint
+
+        t = cfg.train
+        if not t.init_from or t.finetune != "lora":
+            return
+        try:
+            saved = json.loads((resolve_checkpoint(t.init_from) / "config.json").read_text(encoding="utf-8")).get("lora")
+        except (UserError, OSError, ValueError):
+            return  # reported by the init_from check
+        if not isinstance(saved, dict):
+            return
+        saved = {"method": "lora", "init": "default", **saved}  # written before method/init existed
+        wanted = {"r": t.lora.r, "alpha": t.lora.alpha, "method": t.lora.method, "init": t.lora.init}
+        differ = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in wanted.items() if saved.get(k) != v]
+        if sorted(saved.get("target_modules") or []) != sorted(t.lora.target_modules):
+            differ.append(f"target_modules {saved.get('target_modules')} -> {t.lora.target_modules}")
+        if differ:
+            raise UserError(f"train.init_from: {t.init_from} holds a LoRA adapter trained with other train.lora settings "
+                            f"({'; '.join(differ)}); it continues only with the same ones")
+
 
 # name -> "module:Class" (imported when asked for: a stage may need torch, the checks run before it).
 STAGES = {
