@@ -80,6 +80,13 @@ class TokenTable:
         (directory / "meta.json").write_text(json.dumps({**meta, "skipped": self.skipped, "samples": len(self)},
                                                         ensure_ascii=False, indent=1), encoding="utf-8")
 
+    def __reduce__(self):
+        """A mapped table travels to a spawned DataLoader worker as its folder, reopened there (pickling
+        the arrays would give every worker a private copy of all the tokens)."""
+        if self.cache_dir is not None:
+            return (TokenTable.open, (self.cache_dir,))
+        return super().__reduce__()
+
     @classmethod
     def open(cls, directory: Path) -> "TokenTable":
         meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))

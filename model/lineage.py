@@ -219,7 +219,11 @@ def _where_now(entry: dict) -> str:
 
 def lineage(path: str | Path) -> list[str]:
     """The chain of ``path`` (a checkpoint, run directory or export) back to its base models, as lines."""
-    resolved = resolve_checkpoint(path, allow_export=True)
+    given = Path(path)
+    if (given / EXPORT_RECORD).is_file() and any(given.glob("*.gguf")):  # a GGUF export: no config.json to resolve
+        resolved = given
+    else:
+        resolved = resolve_checkpoint(path, allow_export=True)
     fingerprint = files_fingerprint(model_files(resolved))
     out = [f"{resolved} (fingerprint {_short(fingerprint)})"]
     found = find_record(resolved)

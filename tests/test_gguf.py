@@ -348,3 +348,17 @@ def test_a_crash_while_writing_leaves_no_partial_files(checkpoints, tmp_path, mo
     with pytest.raises(RuntimeError, match="disk full"):
         gguf_export.export(checkpoints["qwen3"], tmp_path / "new", quantize="f16", warn=lambda m: None)
     assert os.listdir(tmp_path) == []
+
+
+def test_lineage_of_a_gguf_export_names_its_checkpoint(exports, checkpoints, capsys):
+    """train.py --lineage reads a GGUF export's lineage.json (no config.json to resolve there)."""
+    from commands import train
+    from model.checkpoints import files_fingerprint, model_files
+
+    capsys.readouterr()
+    assert train.main(["--lineage", str(exports["lora"][0])]) == 0
+    out = capsys.readouterr().out
+    fingerprint = files_fingerprint(model_files(checkpoints["lora"])).removeprefix("sha256:")[:12]
+    assert '"quantize": "f32"' in out and f"from {checkpoints['lora'].resolve()} (fingerprint {fingerprint})" in out
+    assert "exported as gguf" in out and "still there, unchanged" in out
+    assert "no record of how that checkpoint was trained" in out  # made by a test, not by train.py

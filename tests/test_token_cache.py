@@ -186,3 +186,14 @@ def test_preference_pairs_are_cached_side_by_side(merged, preference_data, token
     monkeypatch.setattr("dataset.vqa_dataset.load_merged", lambda *a: (_ for _ in ()).throw(AssertionError("parsed")))
     again = pairs(True)
     assert again.chosen.cached == again.rejected.cached == "reused" and again.pairs == reference.pairs
+
+
+def test_a_mapped_table_pickles_as_its_folder(merged, tokenizer, tmp_path):  # noqa: F811
+    """A spawned DataLoader worker gets the table by pickling: it must reopen the mapping, not copy it."""
+    import pickle
+
+    ds = dataset(copy_data(merged["train"], tmp_path / "data"), tokenizer, tmp_path / "cache")
+    blob = pickle.dumps(ds.table)
+    assert len(blob) < 10_000 < ds.table.ids.nbytes  # the folder, not the tokens
+    again = pickle.loads(blob)
+    assert isinstance(again.ids, np.memmap) and np.array_equal(again.ids, ds.table.ids) and again.paths == ds.table.paths

@@ -432,3 +432,18 @@ def test_adapter_variants_train_resume_and_answer(tiny, merged, tmp_path, capsys
     assert infer.main(["--checkpoint", str(straight), "--image", str(picture), "--question", "What colour is it?",
                        "--max-new-tokens", "4"]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_resume_from_another_run_directory_keeps_its_history(tiny, tmp_path):
+    """train.resume=PATH into a new output_dir: the checkpoint's own run.json (its sessions as saved
+    with it) starts the new record, so --lineage still reaches where the model came from."""
+    from training.lineage import RunRecord
+
+    checkpoint = tmp_path / "old" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    earlier = {"started": "2026-12-01T00:00:00+00:00", "status": "interrupted", "parent": {"path": "/sft"}}
+    (checkpoint / "run.json").write_text(json.dumps({"sessions": [earlier]}))
+    RunRecord(_tiny_config(tiny, f"train.output_dir={tmp_path / 'new'}"), checkpoint, 4).write()
+    sessions = json.loads((tmp_path / "new" / "run.json").read_text())["sessions"]
+    assert sessions[0] == earlier and sessions[1]["resumed_from"] == str(checkpoint)
+    assert sessions[1]["steps"] == {"start": 4, "end": None} and sessions[1]["status"] == "running"

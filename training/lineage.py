@@ -52,6 +52,12 @@ class RunRecord:
     def __init__(self, cfg: Config, resumed_from: Path | None, start_step: int = 0):
         self.path = Path(cfg.train.output_dir) / lineage.RUN_RECORD
         self.earlier = self._earlier_sessions()
+        if not self.earlier and resumed_from is not None and (Path(resumed_from) / lineage.RUN_RECORD).is_file():
+            # resumed from a checkpoint of another run directory: its history (as saved with it) comes along
+            try:
+                self.earlier = json.loads((Path(resumed_from) / lineage.RUN_RECORD).read_text(encoding="utf-8"))["sessions"]
+            except (OSError, ValueError, KeyError, TypeError):
+                self.earlier = []
         self.session = {
             "started": lineage.now(), "ended": None, "status": "running",
             "resumed_from": str(resumed_from) if resumed_from else None,
