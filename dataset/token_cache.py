@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,9 +171,8 @@ def cache_root(qa_file: Path, configured: str | None) -> Path:
     beside = qa_file.resolve().parent / ".token_cache"
     try:
         beside.mkdir(exist_ok=True)
-        probe = beside / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=beside, prefix=".probe-"):  # a unique name: ranks of other machines probe too
+            pass
         return beside
     except OSError:
         return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "siglip-qwen-vqa" / "token_cache"
