@@ -68,8 +68,9 @@ class VQAModel(PreTrainedModel):
         return cls._build(VQAConfig.from_settings(settings, train_vision_tower=train_vision_tower), "model.")
 
     @classmethod
-    def _build(cls, config: VQAConfig, where: str) -> "VQAModel":
-        """``where`` prefixes the setting names in errors (``model.`` or the checkpoint's config)."""
+    def _build(cls, config: VQAConfig, where: str, pissa_factors: dict | None = None) -> "VQAModel":
+        """``where`` prefixes the setting names in errors (``model.`` or the checkpoint's config);
+        ``pissa_factors``: a PiSSA checkpoint's saved starting factors (see :meth:`_wrap_lora`)."""
         for key in ("vision_model", "language_model", "tokenizer"):
             if getattr(config, key):
                 check_base(getattr(config, key), where + key)
@@ -110,30 +111,51 @@ class VQAModel(PreTrainedModel):
         # about 1.5 s, and the caller usually wants the same one (checkpoint_tokenizer, training).
         model.tokenizer, model._tokenizer_source = tokenizer, str(tokenizer_source)
         if config.lora:
-            model._wrap_lora(config.lora)
+            model._wrap_lora(config.lora, pissa_factors)
         model.set_trainable()
         return model
 
-    def _wrap_lora(self, lora: dict) -> None:
+    def _wrap_lora(self, lora: dict, pissa_factors: dict | None = None) -> None:
         """LoRA on the language model only: the adapter is built on ``self.language_model``, so
         module names like ``q_proj`` can never match the vision tower's attention.
 
         ``method`` and ``init`` are absent from checkpoints written before they existed: plain
         LoRA with peft's default start. A PiSSA start moves the top singular directions of each
-        adapted weight from the base into the adapter; it is recomputed here on every load (an
-        exact SVD: the residual does not depend on the singular vectors' signs), so the trained
-        adapter that is loaded next lands on the same residual it was trained on.
+        adapted weight from the base into the adapter (peft's SVD, minutes on a CPU for a real
+        LM). Its starting factors are kept as buffers (``lora_pissa_A0`` / ``lora_pissa_B0``,
+        saved with the adapter), so a load rebuilds the residual base ``W - scaling * B0 A0``
+        exactly as peft computed it, without the SVD (``pissa_factors``: those of a checkpoint).
+        A checkpoint saved before the factors were kept recomputes the SVD (exact: the residual
+        does not depend on the singular vectors' signs).
         """
         from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import LoraLayer
 
         method, init = lora.get("method", "lora"), lora.get("init", "default")
+        saved = init == "pissa" and bool(pissa_factors)
         cfg = LoraConfig(
             r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
             target_modules=list(lora["target_modules"]), bias="none",
             use_dora=method == "dora", use_rslora=method == "rslora",
-            init_lora_weights={"default": True, "gaussian": "gaussian", "pissa": "pissa"}[init],
+            init_lora_weights=True if saved else {"default": True, "gaussian": "gaussian", "pissa": "pissa"}[init],
         )
         self.language_model = get_peft_model(self.language_model, cfg)
+        if init != "pissa" or pissa_factors == {}:  # {}: an older PiSSA checkpoint, no factors to keep
+            return
+        for name, module in self.language_model.named_modules():
+            if not isinstance(module, LoraLayer) or "default" not in module.lora_A:
+                continue
+            if saved:
+                prefix = f"language_model.{name}."
+                a0, b0 = pissa_factors[prefix + "lora_pissa_A0"], pissa_factors[prefix + "lora_pissa_B0"]
+                base = module.get_base_layer()
+                with torch.no_grad():
+                    base.weight.data = (base.weight.float() - module.scaling["default"] * b0 @ a0).to(base.weight.dtype)
+            else:
+                a0 = module.lora_A["default"].weight.detach().float().clone()
+                b0 = module.lora_B["default"].weight.detach().float().clone()
+            module.register_buffer("lora_pissa_A0", a0)
+            module.register_buffer("lora_pissa_B0", b0)
 
     def configure_training(self, finetune: str, lora: dict | None = None, train_embeddings: bool = True) -> None:
         """Choose what trains: ``projector``, ``lora`` (projector + adapter) or ``full``; a full
@@ -364,7 +386,7 @@ class VQAModel(PreTrainedModel):
             model.configure_training(config.finetune, config.lora, train_embeddings=config.train_embeddings)
             model.config.base_checkpoint = config.base_checkpoint
         else:
-            model = cls._build(config, f"{path / CONFIG_NAME}: ")
+            model = cls._build(config, f"{path / CONFIG_NAME}: ", _pissa_factors(path / WEIGHTS_NAME, config.lora))
         model.load_trained_weights(path / WEIGHTS_NAME)
         # Like transformers' from_pretrained: a loaded model predicts (dropout off, a trainable
         # tower's eval mode); the Trainer switches to train mode itself.
@@ -411,3 +433,13 @@ class VQAModel(PreTrainedModel):
                 dupes.add(key)
             seen.add(ptr)
         return dupes
+
+
+def _pissa_factors(weights: Path, lora: dict | None) -> dict | None:
+    """A PiSSA checkpoint's starting factors (``{}`` when it predates them); None for other adapters."""
+    if not lora or lora.get("init") != "pissa" or not whole_safetensors(weights):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        return {key: f.get_tensor(key).float() for key in f.keys() if "lora_pissa_" in key}
