@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from atomic import write_bytes, write_documents
+from dataset.produced_by import is_header
 from errors import UserError
+from evaluation.benchmarks.base import load_jsonl
 from evaluation.benchmarks.runner import SCORES
 
 RESAMPLES = 10_000
@@ -90,18 +92,9 @@ def _model(metrics: Mapping) -> str:
     return str(model) if model else "unknown (no produced_by in metrics.json)"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise UserError(f"{path}: line {number} is not valid JSON") from None
-                if isinstance(row, dict) and "produced_by" not in row:
-                    rows.append(row)
-    return rows
+def _rows(path: Path) -> list[dict]:
+    """A JSONL output's rows without its ``produced_by`` line (a bad line: one error naming it)."""
+    return [row for row in load_jsonl(path, "evaluation output") if isinstance(row, dict) and not is_header(row)]
 
 
 def read_run(path: str | Path) -> Run:
@@ -121,12 +114,12 @@ def read_run(path: str | Path) -> Run:
             raise UserError(f"{path}: no {SCORES} (written by evaluate.py since --compare exists, only for splits with "
                             "public answers); run the same evaluate.py command again: it resumes from predictions.jsonl, "
                             f"asks nothing and writes {SCORES}")
-        for row in _read_jsonl(path / SCORES):
+        for row in _rows(path / SCORES):
             items[str(row["qid"])] = Scored(row["question"], row["answer"], float(row["score"]), row.get("group") or {},
                                             row.get("image"))
     elif "vqa_accuracy" in metrics:
         kind = "merged data"
-        for row in _read_jsonl(path / "predictions.jsonl"):
+        for row in _rows(path / "predictions.jsonl"):
             group = {k: str(row[k]) for k in ("question_type", "answer_type") if row.get(k) is not None}
             items[str(row["id"])] = Scored(row["question"], row["prediction"], float(row["vqa_accuracy"]), group,
                                            row.get("image"))

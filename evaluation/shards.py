@@ -17,6 +17,7 @@ from pathlib import Path
 from atomic import write_text
 from dataset.produced_by import common_of_shards, read_header
 from errors import UserError
+from evaluation.benchmarks.base import load_jsonl
 from evaluation.benchmarks.runner import PREDICTIONS, coverage, read_answers
 
 
@@ -71,8 +72,7 @@ def merge_records(directories: Sequence[Path]) -> tuple[list[dict], dict]:
     predictions, parts = [], []
     for directory in directories:
         parts.append(json.loads((Path(directory) / "metrics.json").read_text(encoding="utf-8")))
-        with open(Path(directory) / "predictions.jsonl", encoding="utf-8") as f:
-            predictions += [json.loads(line) for line in f if line.strip()]
+        predictions += load_jsonl(Path(directory) / "predictions.jsonl", "shard predictions")
     if len({p.get("data") for p in parts}) != 1:
         raise UserError("--merge-shards: the shards evaluated different data "
                         f"({', '.join(sorted({str(p.get('data')) for p in parts}))})")
