@@ -65,6 +65,7 @@ import cli
 from atomic import check_writable
 from dataset.produced_by import shard_label
 from evaluation.benchmarks import BENCHMARKS
+from evaluation.suite import SUITES
 from evaluation.shards import select
 
 
@@ -89,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score this results file (the benchmark's official results format) instead of asking a model")
     bench.add_argument("--prompt-suffix", metavar="TEXT", help="replaces the benchmark's prompt suffix ('' for none)")
     bench.add_argument("--concurrency", type=int, help="--server: parallel requests (default: generation.batch_size)")
+    bench.add_argument("--judge-server", metavar="URL", help="llava_bench, mmvet: the OpenAI-compatible server whose "
+                       "model scores the answers (e.g. a vLLM)")
+    bench.add_argument("--judge-model", metavar="NAME", help="the judge server's model (default: the one it serves)")
+    suite = parser.add_argument_group("a whole results table")
+    suite.add_argument("--suite", choices=sorted(SUITES), help="run every benchmark of LLaVA-1.5's table (and captioning) "
+                       "whose released files are under --data-root; writes table.md and table.png into --output")
+    suite.add_argument("--data-root", metavar="DIR", type=Path,
+                       help="--suite: one folder per benchmark (DIR/vqav2, DIR/gqa, ...) holding its released files")
     parser.add_argument("--shard", type=cli.shard_argument, metavar="I/N",
                         help="answer only shard I of N (I from 0 to N-1: every N-th question or record from the I-th), "
                              "e.g. one per GPU or server; each into its own --output, combined by --merge-shards")
@@ -102,71 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
                       "default: the config's data.eval_file")
     cli.add_generation_arguments(parser)
     return parser
-
-
-def run_benchmark(args: argparse.Namespace, output: Path) -> int:
-    from dataset.produced_by import start_or_resume
-    from evaluation.benchmarks.runner import PREDICTIONS, answer_all, coverage, finish
-
-    bench = BENCHMARKS[args.benchmark]()
-    if not args.questions:
-        cli.fail(f"--benchmark {bench.name} needs --questions (see --help)")
-    scoring_a_file = args.predictions is not None
-    asking = not scoring_a_file and not args.merge_shards
-    if "images" in bench.needs and args.images is None and asking:
-        cli.fail(f"--benchmark {bench.name} needs --images DIR (the folder of its images) to ask a model; "
-                 "scoring a results file (--predictions) or merging shards needs none")
-    images = None if scoring_a_file else args.images  # merging shards: optional, for the images in scores.jsonl
-    for path in [*args.questions, args.annotations, images, args.predictions]:
-        if path is not None and not path.exists():
-            cli.fail(f"{path}: no such file or folder")
-    loaded = bench.read(args.questions, args.annotations, images)
-    if not loaded.questions:
-        cli.fail(f"{args.questions[0]}: no usable question (skipped: {loaded.skipped})")
-    questions = loaded.questions[: args.limit] if args.limit is not None else loaded.questions
-    suffix = bench.prompt_suffix if args.prompt_suffix is None else args.prompt_suffix
-    if args.shard:
-        if scoring_a_file:
-            cli.fail("--shard splits the questions a model answers; a results file (--predictions) is scored whole")
-        questions = select(questions, args.shard)
-    if args.merge_shards:
-        from evaluation.shards import merge_benchmark
-
-        answers, errors, cover, extra, source = merge_benchmark(args.merge_shards, bench, loaded, questions, output,
-                                                                args.limit, args.overwrite)
-    elif scoring_a_file:
-        answers = bench.read_predictions(args.predictions, loaded.questions)
-        errors = []
-        cover = coverage(loaded, questions, answers, args.limit)
-        extra = {"predictions": str(args.predictions)}
-        source = str(args.predictions)
-    else:
-        cli.check_model_arguments(args)
-        config = cli.generation_config(args)
-        settings = cli.sampling_settings(config, args)
-        produced_by = {"benchmark": bench.name, "model": cli.model_identity(args),
-                       "prompt_suffix": suffix, "generation": asdict(settings), **shard_label(args.shard)}
-        # Refuse to mix answers of another run before the model loads; --overwrite starts again.
-        start_or_resume(output / PREDICTIONS, produced_by, overwrite=args.overwrite)
-        predictor = cli.load_predictor(args, concurrency=args.concurrency or config.generation.batch_size)
-        with cli.on_interrupt(f"what was answered is in {output / PREDICTIONS}; run the same command to resume"):
-            replies, errors = answer_all(predictor, questions, output, settings, config.generation.batch_size, suffix,
-                                         produced_by)
-        answers = {qid: bench.results_answer(reply) for qid, reply in replies.items()}
-        cover = coverage(loaded, questions, answers, args.limit, not_asked=len(errors))
-        extra = {"produced_by": produced_by}
-        source = str(output / PREDICTIONS)
-    metrics = finish(bench, loaded, questions, answers, errors, output, extra, cover,
-                     allow_partial=args.allow_partial, source=source)
-    partial = "" if cover.complete else f" -- PARTIAL: {cover.describe()}"
-    if args.shard:
-        partial += f" (shard {args.shard[0]}/{args.shard[1]}: combine all shards with --merge-shards)"
-    print(f"{bench.name}: {bench.headline(metrics)} on {metrics['count']} questions "
-          f"({metrics['errors']} not asked, {sum(loaded.skipped.values())} skipped while reading){partial} -> {output}")
-    if "submission" in metrics:
-        print(f"wrote {output / metrics['submission']['file']} with {metrics['submission']['answers']} answers; "
-              f"upload it to {metrics['submission']['upload']}")
-    return 0
 
 
 def run_compare(args: argparse.Namespace, output: Path) -> int:
@@ -202,8 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(output)
     if args.compare:
         return run_compare(args, output)
+    if args.suite:
+        from commands.benchmarks import run_suite
+
+        return run_suite(args, output)
     if args.benchmark:
-        return run_benchmark(args, output)
+        from commands.benchmarks import run_one
+
+        return run_one(args, output)
     if args.merge_shards:
         from evaluation.shards import merge_records
 

@@ -28,12 +28,69 @@ class BenchmarkError(UserError):
     """An official file that cannot be used as given; the message names the file (and record)."""
 
 
+@dataclass(frozen=True)
+class EmbeddedImage:
+    """An image held inside a benchmark's own file (MMBench's base64 TSV cells): the bytes, and a
+    label naming where they came from (``file#index``), which is what reports and scores.jsonl show."""
+
+    data: bytes
+    label: str
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass
+class Files:
+    """Where a benchmark's released files are (``Benchmark.locate``): what ``--questions``,
+    ``--annotations`` and ``--images`` would be given, and which split they are."""
+
+    questions: list[Path]
+    annotations: Path | None = None
+    images: Path | None = None
+    split: str = ""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One released layout of a benchmark's folder (``evaluate.py --suite``): file and folder names
+    relative to ``DATA_ROOT/<benchmark>/``, as they are downloaded."""
+
+    split: str
+    questions: tuple[str, ...]
+    images: str | None = None
+    annotations: str | None = None
+
+    def paths(self, folder: Path) -> list[Path]:
+        return [folder / name for name in (*self.questions, self.annotations, self.images) if name]
+
+
+def find_layout(folder: Path, layouts: Sequence[Layout]) -> Files | str:
+    """The first of ``layouts`` (the preferred split first) whose files are all in ``folder``, or
+    one line naming what was looked for."""
+    for layout in layouts:
+        if all(path.exists() for path in layout.paths(folder)):
+            return Files([folder / q for q in layout.questions], folder / layout.annotations if layout.annotations else None,
+                         folder / layout.images if layout.images else None, layout.split)
+    wanted = " or ".join(f"{layout.split}: " + " + ".join(p.name for p in layout.paths(folder)) for layout in layouts)
+    return f"{folder}: no released files ({wanted})"
+
+
+@dataclass(frozen=True)
+class JudgeServer:
+    """An OpenAI-compatible server whose model scores free-form answers (``--judge-server``,
+    ``--judge-model``)."""
+
+    url: str
+    model: str | None = None
+
+
 @dataclass
 class Question:
     """One question of a benchmark. ``truth`` is None when the split has no public answers."""
 
     qid: str
-    image: Path | None  # None when scoring a results file (no images needed)
+    image: Path | EmbeddedImage | None  # None when scoring a results file (no images needed)
     question: str
     truth: Any = None
     # What the metrics break down by (question_type, answer_type, split, subtask, ...).
@@ -77,14 +134,14 @@ class Loaded:
         unbalanced questions)."""
         return self._ids | {q.qid for q in self.questions}
 
-    def admit(self, qid: str, image: Path | None) -> bool:
+    def admit(self, qid: str, image: Path | EmbeddedImage | None) -> bool:
         """Whether a question can be used: a repeated id or a missing image file is a counted skip
         (``image`` None: no images are read, as when scoring a results file)."""
         if qid in self._ids:
             self.skip("duplicate_question_id", qid)
             return False
         self._ids.add(qid)
-        if image is not None and not image.is_file():
+        if isinstance(image, Path) and not image.is_file():
             self.skip("missing_image", str(image))
             return False
         return True
@@ -96,8 +153,23 @@ class Benchmark:
 
     name: str = ""
     prompt_suffix: str = SHORT_ANSWER
-    # Which of --questions / --annotations / --images the benchmark reads.
+    # Which of --questions / --annotations / --images / --judge-server the benchmark reads.
     needs: tuple[str, ...] = ("questions", "images")
+    # The answer length asked for when --max-new-tokens does not say (None: the config's): long
+    # enough for what the benchmark scores (a caption, a judged free-form answer).
+    max_new_tokens: int | None = None
+    # Set by the command before scoring: the judge (benchmarks that need "judge") and the output
+    # folder, where a benchmark may keep what scoring produced (a judge's raw replies).
+    judge: JudgeServer | None = None
+    workdir: Path | None = None
+
+    # Where ``evaluate.py --suite`` finds the released files, the split LLaVA-1.5's table reports first.
+    layouts: tuple[Layout, ...] = ()
+
+    def locate(self, root: Path) -> Files | str:
+        """The benchmark's released files in ``root`` (``DATA_ROOT/<name>/`` of ``evaluate.py --suite``;
+        layouts in docs/benchmarks.md), or one line saying what is missing there."""
+        return find_layout(root, self.layouts) if self.layouts else f"{self.name}: no released layout is known"
 
     def read(self, questions: Sequence[Path], annotations: Path | None, images: Path | None) -> Loaded:
         raise NotImplementedError
@@ -120,6 +192,12 @@ class Benchmark:
     def headline(self, metrics: Mapping) -> str:
         """The numbers printed on stdout, formatted as the official code prints them."""
         return f"overall {metrics['overall']}" if "overall" in metrics else "no public answers"
+
+    def table_value(self, metrics: Mapping) -> float | None:
+        """The number LLaVA-1.5's results table reports for this benchmark, in the table's unit
+        (``evaluate.py --suite``): e.g. accuracy in percent; None when the split has no public answers."""
+        value = metrics.get("overall")
+        return float(value) if isinstance(value, (int, float)) else None
 
     def submission(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Submission | None:
         return None

@@ -26,6 +26,7 @@ from pathlib import Path
 from evaluation.benchmarks.base import (
     Benchmark,
     BenchmarkError,
+    Layout,
     Loaded,
     Question,
     Submission,
@@ -44,6 +45,7 @@ def gqa_results_answer(reply: str) -> str:
 
 class GQA(Benchmark):
     name = "gqa"
+    layouts = (Layout("testdev-balanced", ("testdev_balanced_questions.json",), "images"),)
     upload = "https://eval.ai/web/challenges/challenge-page/225 (GQA challenge; test-dev is scored offline)"
 
     def results_answer(self, reply: str) -> str:

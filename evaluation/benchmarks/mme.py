@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from evaluation.benchmarks.base import Benchmark, BenchmarkError, Loaded, Question
+from evaluation.benchmarks.base import Benchmark, BenchmarkError, Layout, Loaded, Question
 from errors import UserError, read_utf8
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
@@ -52,6 +52,7 @@ def _pairs(task_dir: Path) -> list[tuple[Path, Path]]:
 
 class MME(Benchmark):
     name = "mme"
+    layouts = (Layout("release", ("MME_Benchmark_release_version",)),)
     needs = ("questions",)
 
     def read(self, questions: Sequence[Path], annotations: Path | None, images: Path | None) -> Loaded:
@@ -107,6 +108,10 @@ class MME(Benchmark):
     def headline(self, metrics: Mapping) -> str:
         """calculation.py's ``total score:`` lines (unrounded)."""
         return f"perception total score: {metrics['perception']!r}, cognition total score: {metrics['cognition']!r}"
+
+    def table_value(self, metrics: Mapping) -> float | None:
+        """LLaVA-1.5's MME column: the perception total (1510.7 for LLaVA-1.5-7B)."""
+        return metrics.get("perception")
 
     def read_predictions(self, path: Path, questions: Sequence[Question]) -> dict[str, str]:
         if not path.is_dir():

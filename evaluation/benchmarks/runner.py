@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 from atomic import write_bytes, write_documents
 from errors import UserError, one_line
-from evaluation.benchmarks.base import Benchmark, Loaded, Question
+from evaluation.benchmarks.base import Benchmark, EmbeddedImage, Loaded, Question
 from dataset.produced_by import is_header, start_or_resume
 
 PREDICTIONS = "predictions.jsonl"
@@ -36,6 +36,22 @@ SCORES = "scores.jsonl"  # each scored question's credit, for evaluate.py --comp
 def ask(question: Question, suffix: str) -> str:
     """The question as asked: the benchmark's prompt suffix on its own line (LLaVA-1.5's layout)."""
     return f"{question.question}\n{suffix}" if suffix else question.question
+
+
+def question_image(question: Question):
+    """What ``load_image`` opens for a question: its file, or the image its benchmark file holds."""
+    if isinstance(question.image, EmbeddedImage):
+        import io
+
+        from PIL import Image
+
+        try:
+            image = Image.open(io.BytesIO(question.image.data))
+            image.load()
+            return image
+        except (OSError, Image.DecompressionBombError, SyntaxError) as exc:
+            raise ValueError(f"{question.image}: not a readable image ({exc})") from None
+    return question.image
 
 
 def read_answers(path: Path) -> dict[str, str]:
@@ -59,10 +75,12 @@ def read_answers(path: Path) -> dict[str, str]:
 
 
 def answer_all(predictor, questions: Sequence[Question], output: Path, settings, batch_size: int,
-               suffix: str, produced_by: Mapping, overwrite: bool = False) -> tuple[dict[str, str], list[dict]]:
+               suffix: str, produced_by: Mapping, overwrite: bool = False,
+               progress=None) -> tuple[dict[str, str], list[dict]]:
     """Answer every question not yet in ``output/predictions.jsonl`` (which must have been started
     by the same ``produced_by``, unless ``overwrite``); returns the model's replies to ``questions``
-    and the questions that could not be asked (unreadable image, too long for the model)."""
+    and the questions that could not be asked (unreadable image, too long for the model).
+    ``progress``: a suite's bar over all its benchmarks, moved on with this one's."""
     from tqdm import tqdm
 
     from dataset.jsonl import append_lines
@@ -73,17 +91,20 @@ def answer_all(predictor, questions: Sequence[Question], output: Path, settings,
     wanted = {q.qid for q in questions}
     answers = {qid: text for qid, text in read_answers(path).items() if qid in wanted}
     pending = [q for q in questions if q.qid not in answers]
+    if progress is not None:
+        progress.update(len(questions) - len(pending))
     errors: list[dict] = []
     output.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f, tqdm(total=len(questions), initial=len(questions) - len(pending),
-                                                      unit="q", desc="answering", dynamic_ncols=True,
+                                                      unit="q", desc=produced_by.get("benchmark", "answering"),
+                                                      dynamic_ncols=True,
                                                       file=sys.stderr) as bar:
         for start in range(0, len(pending), max(1, batch_size)):
             chunk, images = [], []
             for q in pending[start:start + batch_size]:
                 try:
                     predictor.check_question(ask(q, suffix), settings)
-                    images.append(load_image(q.image))
+                    images.append(load_image(question_image(q)))
                     chunk.append(q)
                 except ValueError as exc:
                     errors.append({"qid": q.qid, "error": one_line(exc)})
@@ -99,6 +120,8 @@ def answer_all(predictor, questions: Sequence[Question], output: Path, settings,
                         answers[q.qid] = r.text
                 append_lines(f, lines)
             bar.update(len(pending[start:start + batch_size]))
+            if progress is not None:
+                progress.update(len(pending[start:start + batch_size]))
     return answers, errors
 
 
@@ -242,9 +265,14 @@ def finish(bench: Benchmark, loaded: Loaded, questions: Sequence[Question], answ
     if len(scorable) < len(questions) and not shard:  # a shard's part is merged first (--merge-shards)
         submission = bench.submission(questions, answers)
         if submission is not None:
-            documents[submission.filename] = [json.dumps(submission.content, ensure_ascii=False) + "\n"]
+            binary = isinstance(submission.content, bytes)  # a file the server takes as it is (MMBench's .xlsx)
+            if binary:  # written first: metrics.json never names a file that is not there
+                output.mkdir(parents=True, exist_ok=True)
+                write_bytes(output / submission.filename, submission.content)
+            else:
+                documents[submission.filename] = [json.dumps(submission.content, ensure_ascii=False) + "\n"]
             metrics["submission"] = {"file": submission.filename, "upload": submission.upload,
-                                     "answers": len(submission.content)}
+                                     "answers": len(answers) if binary else len(submission.content)}
     if scorable:
         documents[SCORES] = score_lines(bench, scorable, answers)
     elif (output / SCORES).exists():

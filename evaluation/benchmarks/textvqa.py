@@ -21,6 +21,7 @@ from pathlib import Path
 from evaluation.benchmarks.base import (
     Benchmark,
     BenchmarkError,
+    Layout,
     Loaded,
     Question,
     Submission,
@@ -33,6 +34,7 @@ from evaluation.vqa_metric import evalai_normalize, leave_one_out_accuracy
 
 class TextVQA(Benchmark):
     name = "textvqa"
+    layouts = (Layout("val", ("TextVQA_0.5.1_val.json",), "train_images"),)
     upload = "https://eval.ai/web/challenges/challenge-page/874 (TextVQA, test phase)"
 
     def results_answer(self, reply: str) -> str:

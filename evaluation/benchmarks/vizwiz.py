@@ -22,6 +22,7 @@ from evaluation.benchmarks.base import (
     SHORT_ANSWER,
     Benchmark,
     BenchmarkError,
+    Layout,
     Loaded,
     Question,
     Submission,
@@ -36,6 +37,7 @@ from evaluation.vqa_metric import evalai_normalize
 
 class VizWiz(Benchmark):
     name = "vizwiz"
+    layouts = (Layout("test", ("test.json",), "test"), Layout("val", ("val.json",), "val"))
     prompt_suffix = "When the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT_ANSWER
     upload = "https://eval.ai/web/challenges/challenge-page/2185 (VizWiz VQA, test-standard phase)"
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from evaluation.benchmarks.base import (
     Benchmark,
     BenchmarkError,
+    Layout,
     Loaded,
     Question,
     Submission,
@@ -55,6 +56,9 @@ def submitted_scores(questions: Sequence[Question], answers: Mapping[str, str]) 
 
 class VQAv2(Benchmark):
     name = "vqav2"
+    layouts = (Layout("test-dev2015", ("v2_OpenEnded_mscoco_test-dev2015_questions.json",), "test2015"),
+               Layout("val2014", ("v2_OpenEnded_mscoco_val2014_questions.json",), "val2014",
+                      "v2_mscoco_val2014_annotations.json"))
     needs = ("questions", "annotations", "images")
     upload = "https://eval.ai/web/challenges/challenge-page/830 (VQA Challenge, the matching phase)"
 
@@ -121,6 +125,8 @@ class VQAv2(Benchmark):
 
 class OKVQA(VQAv2):
     name = "okvqa"
+    layouts = (Layout("val2014", ("OpenEnded_mscoco_val2014_questions.json",), "val2014",
+                      "mscoco_val2014_annotations.json"),)
     upload = ""  # OK-VQA is scored offline on val; there is no evaluation server
 
     def submission(self, questions, answers):
