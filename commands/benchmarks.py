@@ -175,8 +175,9 @@ def run_suite(args: argparse.Namespace, output: Path) -> int:
                 continue
             except UserError as exc:
                 reason = str(exc)
-        rows[column.benchmark] = Row.missing(column, one_line(reason))
         print(f"{column.benchmark}: skipped -- {one_line(reason)}", file=sys.stderr)
+        # In the table, paths are relative to the data root (the folder it names is in the table's header).
+        rows[column.benchmark] = Row.missing(column, one_line(reason).replace(f"{args.data_root}/", ""))
     if not found:
         raise UserError(f"{args.data_root}: no benchmark of --suite {args.suite} has its files there (see stderr)")
     asker = ModelAsker(args)
@@ -194,7 +195,8 @@ def run_suite(args: argparse.Namespace, output: Path) -> int:
             except UserError as exc:
                 rows[column.benchmark] = Row.missing(column, one_line(str(exc)), files.split)
                 print(f"{column.benchmark}: not scored -- {one_line(str(exc))}", file=sys.stderr)
-    table = write_table(output, suite, [rows[c.benchmark] for c in suite.columns], {"model": asker.identity})
+    table = write_table(output, suite, [rows[c.benchmark] for c in suite.columns], {"model": asker.identity},
+                        args.data_root.resolve())
     print(f"{args.suite}: {sum(r.value is not None for r in rows.values())} of {len(suite.columns)} columns scored "
           f"-> {table}")
     return 0

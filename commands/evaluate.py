@@ -14,12 +14,16 @@ examples:
   # one shard per GPU (or server; likewise 1/2 into eval/s1), then merged into one whole run's result
   CUDA_VISIBLE_DEVICES=0 python evaluate.py --checkpoint ckpt --data qa.json --shard 0/2 --output eval/s0
   python evaluate.py --data qa.json --merge-shards eval/s0 eval/s1 --output eval/all
+  # LLaVA-1.5's whole table (+ captioning): every benchmark found under --data-root/<name>/, then table.md/png
+  python evaluate.py --checkpoint checkpoints/run --suite llava-1.5 --data-root eval-data --output eval/table
   # A/B: two runs over the same questions (a benchmark's or merged data's output folders)
   python evaluate.py --compare eval/sft eval/dpo --output eval/sft-vs-dpo
 
 benchmarks: vqav2, okvqa (VQA questions + annotations JSON, COCO images), vizwiz (val/test JSON),
 textvqa (TextVQA JSON), gqa (balanced questions JSON), pope (one JSONL per split), mme (the
-released folder as --questions). Each uses LLaVA-1.5's prompt suffix for it (--prompt-suffix
+released folder as --questions), scienceqa (problems.json + pid_splits.json), seedbench
+(SEED-Bench.json), mmbench, mmbench_cn (the TSV; images inside), llava_bench, mmvet (scored by
+--judge-server), coco_caption (Karpathy test), aic_caption (AI Challenger validation). Each uses LLaVA-1.5's prompt suffix for it (--prompt-suffix
 replaces it) and is scored exactly as its official evaluation code scores the same results file;
 docs/benchmarks.md names that code and its quirks. A results file (or a run) must answer exactly the
 benchmark's questions, as the official tools insist; --allow-partial scores what is answered and

@@ -96,12 +96,13 @@ def cell(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def markdown(suite: Suite, rows: Sequence[Row], produced_by: Mapping) -> str:
+def markdown(suite: Suite, rows: Sequence[Row], produced_by: Mapping, data_root: Path) -> str:
     model = produced_by.get("model", {})
     who = model.get("checkpoint") or model.get("gguf") or model.get("server") or "?"
     lines = [f"# {suite.name}: ours beside {suite.reference}", "",
              f"- **ours**: `{who}` ({model.get('fingerprint') or model.get('model') or ''})",
-             f"- **{suite.reference}**: {suite.source}", "",
+             f"- **{suite.reference}**: {suite.source}",
+             f"- **benchmark files**: `{data_root}` (paths below are relative to it)", "",
              f"| benchmark | what is reported | split run | ours | {suite.reference} | notes |",
              "|---|---|---|---:|---:|---|"]
     for row in rows:
@@ -135,11 +136,11 @@ def picture(suite: Suite, rows: Sequence[Row]) -> bytes:
     return buffer.getvalue()
 
 
-def write_table(output: Path, suite: Suite, rows: Sequence[Row], produced_by: Mapping) -> Path:
+def write_table(output: Path, suite: Suite, rows: Sequence[Row], produced_by: Mapping, data_root: Path) -> Path:
     """``table.md`` and ``table.json`` (together, atomically), then ``table.png``; returns table.md's path."""
     record = {"suite": suite.name, "reference": suite.reference, "source": suite.source,
-              "produced_by": dict(produced_by), "rows": [asdict(row) for row in rows]}
-    write_documents(output, {"table.md": [markdown(suite, rows, produced_by)],
+              "produced_by": dict(produced_by), "data_root": str(data_root), "rows": [asdict(row) for row in rows]}
+    write_documents(output, {"table.md": [markdown(suite, rows, produced_by, data_root)],
                              "table.json": [json.dumps(record, ensure_ascii=False, indent=1) + "\n"]})
     write_bytes(output / "table.png", picture(suite, rows))
     return output / "table.md"

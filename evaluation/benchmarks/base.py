@@ -129,6 +129,13 @@ class Loaded:
         if len(self.examples) < 5:
             self.examples.append(f"{reason}: {example}")
 
+    def add_references(self, qid: str, image: Path | None, references: list[str], prompt: str) -> None:
+        """A question whose truth is its reference texts (an image's captions): none is a counted skip."""
+        if not references:
+            self.skip("no_reference_caption", qid)
+        elif self.admit(qid, image):
+            self.questions.append(Question(qid, image, prompt, references))
+
     def known_ids(self) -> set[str]:
         """The question ids the benchmark's files hold: usable, skipped, or not scored (GQA's
         unbalanced questions)."""
