@@ -18,6 +18,8 @@ examples:
   python evaluate.py --checkpoint checkpoints/run --suite llava-1.5 --data-root eval-data --output eval/table
   # A/B: two runs over the same questions (a benchmark's or merged data's output folders)
   python evaluate.py --compare eval/sft eval/dpo --output eval/sft-vs-dpo
+  # online A/B: the request log of serve.py --route ... --log-dir logs, judged via POST /v1/feedback
+  python evaluate.py --compare-log logs/ --baseline old --output eval/online-ab
 
 benchmarks: vqav2, okvqa (VQA questions + annotations JSON, COCO images), vizwiz (val/test JSON),
 textvqa (TextVQA JSON), gqa (balanced questions JSON), pope (one JSONL per split), mme (the
@@ -55,6 +57,12 @@ files written into --output (--compare A B; runs of other benchmarks or question
   compare.md, compare.png, compare.json  per type and overall: both runs' scores, B - A with a
                      paired-bootstrap 95% interval and McNemar's exact p-value; the questions whose
                      score changed, both ways, with their images (all of them: flips.jsonl)
+
+files written into --output (--compare-log LOG ...: log directories or requests.jsonl files):
+  compare_log.md, compare_log.png, compare_log.json  per variant: requests, errors, cache hits,
+                     latency p50/p99, judged accuracy and mean score with bootstrap 95% intervals;
+                     each variant against the baseline (--baseline, default: the most requests):
+                     B - A with an interval, Fisher's exact / Mann-Whitney p, and the verdict
 
 exit status: 0 done; 2 bad input (one line on stderr); 130 interrupted (a benchmark run resumes).
 """
@@ -110,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(no model is loaded; with --benchmark and its files, or --data)")
     parser.add_argument("--compare", nargs=2, metavar=("OUT_A", "OUT_B"), type=Path,
                         help="compare two evaluation output folders over the same questions (no model is loaded)")
+    parser.add_argument("--compare-log", nargs="+", type=Path, metavar="LOG",
+                        help="online A/B: the gateway's request logs (directories or files), per variant and "
+                             "against the baseline (no model is loaded)")
+    parser.add_argument("--baseline", metavar="VARIANT", help="--compare-log: the variant the others are compared "
+                        "with (A; default: the one with the most requests)")
     data = parser.add_argument_group("merged data")
     data.add_argument("--data", metavar="QA_JSON", help="held-out merged qa.json (images.json beside it); "
                       "default: the config's data.eval_file")
@@ -118,14 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_compare(args: argparse.Namespace, output: Path) -> int:
-    from evaluation.compare import run
-
-    given = [flag for flag, value in (("--benchmark", args.benchmark), ("--data", args.data),
+    """--compare or --compare-log: they read outputs or logs and ask no model."""
+    flag = "--compare" if args.compare else "--compare-log"
+    given = [name for name, value in (("--benchmark", args.benchmark), ("--data", args.data),
                                       ("--predictions", args.predictions), ("--checkpoint", args.checkpoint),
-                                      ("--gguf", args.gguf), ("--server", args.server)) if value]
+                                      ("--gguf", args.gguf), ("--server", args.server),
+                                      ("--compare-log", args.compare and args.compare_log)) if value]
     if given:
-        cli.fail(f"--compare reads two evaluation outputs and asks no model; drop {', '.join(given)}")
-    print(run(*args.compare, output))
+        cli.fail(f"{flag} reads {'two evaluation outputs' if args.compare else 'request logs'} and asks no model; "
+                 f"drop {', '.join(given)}")
+    if args.compare:
+        from evaluation.compare import run
+
+        print(run(*args.compare, output))
+    else:
+        from evaluation.compare_log import run as run_log
+
+        print(run_log(args.compare_log, output, args.baseline))
     return 0
 
 
@@ -148,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     if output.exists() and not output.is_dir():
         cli.fail(f"{output}: exists and is not a directory")
     check_writable(output)
-    if args.compare:
+    if args.baseline and not args.compare_log:
+        cli.fail("--baseline goes with --compare-log")
+    if args.compare or args.compare_log:
         return run_compare(args, output)
     if args.suite:
         from commands.benchmarks import run_suite

@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 
 # The scripts: each runs ``commands.NAME.main`` and nothing imports them (tests call
 # ``commands.NAME.main(argv)``, or run a script as a process).
-SCRIPTS = {"process_image", "train", "infer", "evaluate", "export", "gui"}
+SCRIPTS = {"process_image", "train", "infer", "evaluate", "export", "gui", "serve"}
 # What each library package or top-level module may import from this repository.
 ALLOWED = {
     "errors": set(),
@@ -34,10 +34,11 @@ ALLOWED = {
     "exporters": {"config", "errors", "atomic", "model", "qwen", "visual"},
     "training": {"config", "errors", "atomic", "dataset", "evaluation", "inference", "model", "qwen", "visual"},
     "ui": {"config", "errors", "dataset", "inference", "visual"},
+    "serving": {"config", "errors", "atomic", "dataset", "inference", "visual", "model"},
     "cli": {"config", "errors", "inference", "model"},
     # the command lines behind the scripts: any library package below
     "commands": {"config", "errors", "atomic", "visual", "qwen", "model", "dataset", "inference", "evaluation",
-                 "exporters", "training", "ui", "cli"},
+                 "exporters", "training", "ui", "serving", "cli"},
 }
 LIBRARY = set(ALLOWED)
 # Folders of helpers that may use any library module, but no script.
