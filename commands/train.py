@@ -21,6 +21,8 @@ checkpointing for train.per_device_batch_size samples of image tokens + --text-t
 at the supervised positions, the vision tower and the CUDA overhead. It prints the breakdown and,
 when the run does not fit --gpu-memory, the cheapest changes that do, each as --set overrides with
 its own estimate (the formula: training/plan.py; against measured H100 peaks: bench/RESULTS.md).
+It also prints which weight precision serves the model on that GPU with vLLM: fp16, int8 or int4
+(export.py --quantize) weights plus the KV cache of --context-token sequences, and how many fit at once.
 
 files written under train.output_dir:
   checkpoint-N/        the trained weights only (projector, LoRA adapter or LM) + config.json,
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                             "image tokens the 921-token sample of bench/gpu_train.py)")
     group.add_argument("--answer-tokens", type=cli.positive_int, default=DEFAULT_ANSWER_TOKENS, metavar="N",
                        help="supervised tokens per sample, where logits are computed (default: %(default)s)")
+    group.add_argument("--context", type=cli.positive_int, metavar="N",
+                       help="tokens per sequence when serving, for the fp16/int8/int4 serving table (default: "
+                            "image tokens + --text-tokens)")
     parser.add_argument("--lineage", metavar="CHECKPOINT",
                         help="print where a checkpoint, run directory or export came from (data, code and settings "
                              "of each training step back to the base models) and exit")
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         from training.plan import format_plan, make_plan
 
-        print(format_plan(make_plan(cfg, args.gpu_memory, args.gpus, args.text_tokens, args.answer_tokens)))
+        print(format_plan(make_plan(cfg, args.gpu_memory, args.gpus, args.text_tokens, args.answer_tokens, args.context)))
         return 0
     if args.resume:
         cfg.train.resume = args.resume

@@ -21,6 +21,7 @@ class Option:
     default: object
     help: str
     choices: tuple[str, ...] | None = None
+    type: type = str
 
     @property
     def dest(self) -> str:
@@ -38,8 +39,14 @@ class Format:
 
 FORMATS = {
     # transformers LlavaForConditionalGeneration: transformers, vLLM
-    "llava": Format("exporters.llava", (Option("--dtype", "bfloat16", "weight dtype of the export",
-                                               ("bfloat16", "float32")),)),
+    "llava": Format("exporters.llava", (
+        Option("--dtype", "bfloat16", "weight dtype of the export", ("bfloat16", "float32")),
+        Option("--quantize", "none", "awq or gptq: the language model in 4 bits (gptqmodel; exporters/quantize.py)"),
+        Option("--group-size", 128, "4-bit quantization group (inputs per scale); must divide the LM's layer inputs",
+               type=int),
+        Option("--calibration", None, "merged qa.json to calibrate --quantize on; None: the training data the checkpoint's run.json names"),
+        Option("--calibration-samples", 128, "records of --calibration used", type=int),
+    )),
     # llama.cpp: language model GGUF + mmproj GGUF
     "gguf": Format("exporters.gguf", (Option("--quantize", "f16", "language-model type: f16 (default), f32, q8_0 "
                                              "or q4_k_m"),)),

@@ -273,15 +273,20 @@ def serving_warnings(model) -> list[str]:
             "and vLLM on a GPU (FlashAttention: multiples of 8 up to 256) serve it"]
 
 
-def summary(output: Path, dtype: str = "bfloat16") -> list[str]:
+def summary(output: Path, dtype: str = "bfloat16", quantize: str = "none", group_size: int = 128, **_) -> list[str]:
     """What export.py prints when the export is written."""
-    return [f"llava, {dtype}", f"serve it with: vllm serve {output.resolve()} --chat-template-content-format openai"]
+    what = f"llava, {dtype}" if quantize == "none" else f"llava, {quantize} 4-bit group {group_size} language model, {dtype} otherwise"
+    return [what, f"serve it with: vllm serve {output.resolve()} --chat-template-content-format openai"]
 
 
 def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite: bool = False,
-           dtype: str = "bfloat16", warn: Callable[[str], None] = stderr_warning) -> Path:
+           dtype: str = "bfloat16", warn: Callable[[str], None] = stderr_warning, quantize: str = "none",
+           group_size: int = 128, calibration: list[tuple[Path, str, str | None]] | None = None,
+           calibration_samples: int = 128) -> Path:
     """Write the LLaVA export of ``checkpoint`` (a checkpoint or run directory, or one already
-    opened: ``exporters.common.Checkpoint``) to ``output``.
+    opened: ``exporters.common.Checkpoint``) to ``output``; with ``quantize`` (awq, gptq) its
+    language model in 4 bits, calibrated on ``calibration``: (image, question, answer) records of the
+    merged data (``exporters.quantize``; ``export.py`` reads them).
 
     Everything is written to a temporary sibling directory and renamed into place at the end, so
     a crash never leaves a half export (nor touches an existing one).
@@ -293,7 +298,18 @@ def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite:
     check_output(output, source.path, overwrite)  # cheap refusals before loading anything
     check_exportable(source.config)
     path = source.path
+    settings = None
+    if quantize != "none":
+        from exporters import quantize as quantizer
+
+        settings = quantizer.QuantizeSettings(quantize, int(group_size), int(calibration_samples))
+        quantizer.check_available(settings)
     model, tokenizer = source.load()
+    if settings is not None:
+        quantizer.check_shapes(model, settings)
+        if not calibration:
+            raise ExportRefused("--quantize needs calibration records (image, question, answer) of the merged data")
+        conversations = quantizer.calibration_conversations(calibration, settings.samples)
     torch_dtype = DTYPES[dtype]
     warnings = serving_warnings(model)
     for message in warnings:
@@ -315,15 +331,23 @@ def export(checkpoint: "str | Path | Checkpoint", output: str | Path, overwrite:
     processor = build_processor(model, tokenizer, template)
     verify_prompts(processor, reference, model.preprocessor.size)
 
-    with export_directory(output, export_record(source, "llava", {"dtype": dtype})) as tmp:
-        write_weights(model, tmp, torch_dtype)
-        llava_config(model, torch_dtype).save_pretrained(tmp)
-        generation_config(model, tokenizer).save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+    card = model_card(model, path, output.resolve(), dtype, SELECT_STRATEGY[model.config.vision_feature_select])
+    if settings is not None:
+        card += f"\n## Quantization\n\n{settings.describe()} (GPTQModel); the vision tower, projector and lm_head are {dtype}.\n"
+    if warnings:
+        card += "\n## Serving notes\n\n" + "".join(f"- {message}\n" for message in warnings)
+    options = {"dtype": dtype} if settings is None else {"dtype": dtype, "quantize": quantize, "group_size": settings.group_size,
+                                                         "calibration_samples": len(conversations)}
+    with export_directory(output, export_record(source, "llava", options)) as tmp:
+        target = tmp if settings is None else tmp / ".16bit"
+        target.mkdir(exist_ok=True)
+        write_weights(model, target, torch_dtype)
+        llava_config(model, torch_dtype).save_pretrained(target)
+        generation_config(model, tokenizer).save_pretrained(target)
+        processor.save_pretrained(target)
         # Also the image processor on its own (preprocessor_config.json), for readers that look there.
-        processor.image_processor.save_pretrained(tmp)
-        card = model_card(model, path, output.resolve(), dtype, SELECT_STRATEGY[model.config.vision_feature_select])
-        if warnings:
-            card += "\n## Serving notes\n\n" + "".join(f"- {message}\n" for message in warnings)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+        processor.image_processor.save_pretrained(target)
+        (target / "README.md").write_text(card, encoding="utf-8")
+        if settings is not None:
+            quantizer.quantize_directory(target, tmp, settings, conversations, file_key)
     return output

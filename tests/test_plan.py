@@ -314,3 +314,45 @@ if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as work:
         print(h100_table(work))
+
+
+# -- serving: which precision fits ----------------------------------------------------------------
+
+# Qwen2.5-7B by hand: 28 layers of q, o (3584 x 3584), k, v (3584 x 512), gate, up, down (3584 x 18944)
+LINEARS_7B = 28 * (2 * 3584 * 3584 + 2 * 3584 * 512 + 3 * 3584 * 18944)
+SO400M_TOWER = 412_987_248           # SigLIP so400m-384's vision model without its pooling head
+PROJECTOR_7B = 1152 * 3584 + 3584 + 3584 * 3584 + 3584
+
+
+def test_serving_memory_is_the_hand_arithmetic(bases):
+    from training.plan import GIB, read_shapes, serving_estimates
+
+    shapes = read_shapes(bench_config(bases, "7b", "lora", 1, 1, True, False))
+    assert shapes.lm.quantizable == LINEARS_7B and shapes.tower.params == SO400M_TOWER
+    fp16, int8, int4 = serving_estimates(shapes, context=4096, gpu_gib=24)
+    rest = 7_615_616_512 - LINEARS_7B + SO400M_TOWER + PROJECTOR_7B  # stays 16-bit at every precision
+    assert fp16.weights_gib * GIB == pytest.approx(2 * (rest + LINEARS_7B))  # 14.99 GiB
+    assert int8.weights_gib * GIB == pytest.approx(2 * rest + (1 + 3 / 128) * LINEARS_7B)  # + fp16 scale, int8 zero / 128
+    assert int4.weights_gib * GIB == pytest.approx(2 * rest + (0.5 + 2.5 / 128) * LINEARS_7B)
+    # K and V, 28 layers, 4 key-value heads of 128, fp16, 4096 tokens: 224 MiB a sequence
+    assert fp16.kv_per_sequence_gib * GIB == 2 * 28 * 4 * 128 * 2 * 4096 == int4.kv_per_sequence_gib * GIB
+    assert fp16.budget_gib == pytest.approx(0.9 * 24)
+    assert fp16.fits and fp16.sequences == int((21.6 - fp16.weights_gib - fp16.activations_gib - 0.5) / (224 / 1024))
+
+
+@pytest.mark.parametrize("gpu, verdict", [(24, "serve it in fp16"), (12, "serve it in int8"), (8, "serve it in int4"),
+                                          (6, "no precision fits 6.0 GiB")])
+def test_plan_says_which_precision_serves_on_the_card(bases, tmp_path, capsys, gpu, verdict):
+    config = write_config(tmp_path / "c.yaml", bases, "7b", finetune="lora")
+    out = plan_output(capsys, ["--config", config, "--plan", "--gpu-memory", str(gpu), "--context", "4096"])
+    assert f"{0.9 * gpu:.2f} GiB; 4096-token sequences" in out
+    rows = dict(re.findall(r"^  (fp16|int8|int4) +[\d.]+ +[\d.]+ +[\d.]+  (yes|no) ", out, re.M))
+    assert len(rows) == 3 and verdict in out
+    fitting = [p for p in ("fp16", "int8", "int4") if rows[p] == "yes"]
+    assert (verdict.split()[-1] == fitting[0]) if fitting else "no precision" in verdict
+
+
+def test_the_serving_context_defaults_to_one_training_sample(bases, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", bases, "1.5b", finetune="lora")
+    out = plan_output(capsys, ["--config", config, "--plan", "--gpu-memory", "24"])
+    assert "921-token sequences" in out  # 728 image tokens + 193 text tokens

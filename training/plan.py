@@ -283,6 +283,12 @@ def read_shapes(cfg: Config) -> Shapes:
 # -- the estimate -------------------------------------------------------------------------------
 
 
+def projector_params(shapes: Shapes) -> int:
+    """The two-layer MLP projector: tower width -> LM width -> LM width, with biases."""
+    lm, tower = shapes.lm, shapes.tower
+    return tower.hidden * lm.hidden + lm.hidden + lm.hidden * lm.hidden + lm.hidden
+
+
 @dataclass(frozen=True)
 class Workload:
     """One micro-batch as the estimate sees it."""
@@ -402,7 +408,7 @@ def _run(cfg: Config, shapes: Shapes, ds: DeepSpeed) -> _Run:
     t, lm, tower = cfg.train, shapes.lm, shapes.tower
     trains_lm = stage_of(cfg).trains_language_model
     full, lora = trains_lm and t.finetune == "full", trains_lm and t.finetune == "lora"
-    projector = tower.hidden * lm.hidden + lm.hidden + lm.hidden * lm.hidden + lm.hidden
+    projector = projector_params(shapes)
     lora_params, modules = lm.lora(t.lora.r, t.lora.target_modules, t.lora.method == "dora") if lora else (0, 0.0)
     lm_trainable = (lm.params - (0 if t.train_embeddings else lm.embedding + lm.head)) if full else 0
     trainable = (projector * (not _pairs(cfg))  # the preference stage keeps the projector frozen
@@ -705,11 +711,15 @@ class Plan:
     estimate: Estimate
     suggestions: tuple[Suggestion, ...]
     header: str
+    serving: tuple["ServingEstimate", ...] = ()  # fp16 / int8 / int4 serving on the same GPU
 
 
 def make_plan(cfg: Config, gpu_gib: float | None = None, gpus: int | None = None,
-              text_tokens: int = DEFAULT_TEXT_TOKENS, answer_tokens: int = DEFAULT_ANSWER_TOKENS) -> Plan:
-    """The estimate for ``cfg`` and, when it does not fit, what would (``train.py --plan``)."""
+              text_tokens: int = DEFAULT_TEXT_TOKENS, answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+              context: int | None = None) -> Plan:
+    """The estimate for ``cfg`` and, when it does not fit, what would (``train.py --plan``); and
+    which precision serves the model on the same GPU, for ``context``-token sequences (default: one
+    training sample, image tokens + ``text_tokens``)."""
     t = cfg.train
     for name in ("per_device_batch_size", "gradient_accumulation_steps"):
         if getattr(t, name) < 1:
@@ -721,7 +731,8 @@ def make_plan(cfg: Config, gpu_gib: float | None = None, gpus: int | None = None
     shapes = read_shapes(cfg)
     est = estimate(cfg, shapes, gpus, gpu_gib, text_tokens, answer_tokens)
     suggestions = () if est.fits else tuple(suggest(cfg, shapes, gpus, gpu_gib, text_tokens, answer_tokens))
-    return Plan(est, suggestions, _header(cfg, shapes, est, gpus, gpu_gib, source))
+    serving = serving_estimates(shapes, context or shapes.tower.image_tokens + text_tokens, gpu_gib)
+    return Plan(est, suggestions, _header(cfg, shapes, est, gpus, gpu_gib, source), serving)
 
 
 def _count(n: float) -> str:
@@ -779,4 +790,89 @@ def format_plan(plan: Plan) -> str:
         else:
             lines += ["", "no combination of checkpointing, smaller micro-batches, ZeRO, offload, LoRA and QLoRA fits "
                       f"{est.gpu_gib:.1f} GiB: use a larger GPU or a smaller model"]
+    if plan.serving:
+        lines += ["", format_serving(plan.serving, est.gpu_gib)]
+    return "\n".join(lines)
+
+
+# -- serving: which weight precision fits one GPU -------------------------------------------------
+#
+# Serving holds no gradients or optimizer: the weights, the KV cache of the sequences in flight,
+# one layer's prefill activations and the logits of the last positions. The decoder's linear
+# layers are what a serving quantization (GPTQ / AWQ, export.py --quantize) stores in 8 or 4 bits,
+# with one fp16 scale and one packed zero point per group of SERVING_GROUP inputs; the embedding,
+# lm_head, norms, biases, the vision tower and the projector stay 16-bit (as export.py writes
+# them). vLLM pre-allocates --gpu-memory-utilization (0.9 by default) of the card and fills what
+# the weights and its profiling pass leave with KV-cache blocks, so "fits" means within that share.
+# Not measured on a GPU: the activation and overhead terms (the weights and the KV cache are
+# exact byte counts).
+
+SERVING_GROUP = 128
+SERVING_PRECISIONS = {"fp16": 16, "int8": 8, "int4": 4}
+VLLM_MEMORY_UTILIZATION = 0.9
+
+
+def linear_bytes(bits: int, group: int = SERVING_GROUP) -> float:
+    """Bytes per weight of a quantized linear layer: the packed values plus, per group, an fp16
+    scale and a zero point of ``bits`` bits (int4 at group 128: 0.5 + 2.5 / 128 = 0.5195)."""
+    return 2.0 if bits >= 16 else bits / 8 + (2 + bits / 8) / group
+
+
+@dataclass(frozen=True)
+class ServingEstimate:
+    """One precision's serving memory on one GPU, for ``context``-token sequences (GiB)."""
+
+    precision: str
+    weights_gib: float           # LM (its linears at the precision) + tower + projector, 16-bit otherwise
+    kv_per_sequence_gib: float   # fp16 K and V of every layer for one sequence of ``context`` tokens
+    activations_gib: float       # one sequence's prefill through one layer + its last logits (fp32)
+    overhead_gib: float          # CUDA context
+    budget_gib: float            # the share of the GPU vLLM takes (--gpu-memory-utilization)
+    context: int
+
+    @property
+    def total_gib(self) -> float:
+        """Serving one sequence of ``context`` tokens."""
+        return self.weights_gib + self.kv_per_sequence_gib + self.activations_gib + self.overhead_gib
+
+    @property
+    def fits(self) -> bool:
+        return self.total_gib <= self.budget_gib
+
+    @property
+    def sequences(self) -> int:
+        """How many sequences of ``context`` tokens the KV cache left over holds at once."""
+        room = self.budget_gib - self.weights_gib - self.activations_gib - self.overhead_gib
+        return max(0, math.floor(room / self.kv_per_sequence_gib))
+
+
+def serving_estimates(shapes: Shapes, context: int, gpu_gib: float,
+                      utilization: float = VLLM_MEMORY_UTILIZATION) -> tuple[ServingEstimate, ...]:
+    """fp16 / int8 / int4 weights + the KV cache for ``context`` tokens on a ``gpu_gib`` card."""
+    if context < 1:
+        raise UserError(f"the serving context must be at least 1 token, got {context}")
+    lm, tower = shapes.lm, shapes.tower
+    d, i = lm.hidden, lm.intermediate
+    sixteen_bit = (lm.params - lm.quantizable) + tower.params + projector_params(shapes)
+    kv = 2 * lm.layers * lm.kv_width * 2 * context
+    activations = context * (2 * d + lm.q_width + 2 * lm.kv_width + 2 * i) * 2 + lm.vocab * 4
+    return tuple(ServingEstimate(
+        precision=name, weights_gib=(2 * sixteen_bit + linear_bytes(bits) * lm.quantizable) / GIB,
+        kv_per_sequence_gib=kv / GIB, activations_gib=activations / GIB, overhead_gib=CUDA_CONTEXT_GIB,
+        budget_gib=gpu_gib * utilization, context=context) for name, bits in SERVING_PRECISIONS.items())
+
+
+def format_serving(estimates: tuple[ServingEstimate, ...], gpu_gib: float) -> str:
+    """The serving table ``train.py --plan`` prints after the training plan."""
+    first = estimates[0]
+    lines = [f"serving (vLLM on one GPU: {VLLM_MEMORY_UTILIZATION:.0%} of {gpu_gib:.1f} GiB = {first.budget_gib:.2f} GiB; "
+             f"{first.context}-token sequences, fp16 KV cache; int8/int4: GPTQ/AWQ group {SERVING_GROUP}, language-model "
+             "linears only):",
+             f"  {'weights':9s} {'GiB':>7s} {'KV/seq':>8s} {'total':>7s}  fits  sequences at once"]
+    for e in estimates:
+        lines.append(f"  {e.precision:9s} {e.weights_gib:7.2f} {e.kv_per_sequence_gib:8.3f} {e.total_gib:7.2f}  "
+                     f"{'yes ' if e.fits else 'no  '}  {e.sequences if e.fits else '-'}")
+    fitting = [e.precision for e in estimates if e.fits]
+    lines.append(f"  serve it in {fitting[0]}" + (f" (the highest precision that fits {gpu_gib:.1f} GiB)" if fitting[0] != "fp16" else "")
+                 if fitting else f"  no precision fits {gpu_gib:.1f} GiB: use a larger GPU or tensor parallelism")
     return "\n".join(lines)
