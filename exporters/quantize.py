@@ -66,7 +66,8 @@ def check_available(settings: QuantizeSettings) -> None:
     import importlib.util
 
     if settings.method not in METHODS:
-        raise ExportRefused(f"--quantize for --format llava is one of {', '.join(METHODS)} (4-bit), got {settings.method!r}")
+        raise ExportRefused(f"--quantize for --format llava is one of {', '.join(METHODS)} (4-bit), got {settings.method!r} "
+                            "(llama.cpp's types such as q8_0 or q4_k_m need --format gguf)")
     if settings.samples < 1:
         raise ExportRefused(f"--calibration-samples must be at least 1, got {settings.samples}")
     missing = [name for name in ("gptqmodel", "optimum") if importlib.util.find_spec(name) is None]
